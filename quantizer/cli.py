@@ -1,0 +1,156 @@
+"""`python -m quantizer SOURCE TARGET --quant-type ...`: the command line over the pipeline.
+
+Compatible with the original standalone script (positional SOURCE and TARGET, --quant-type,
+--device, --token, --private, --save-only). Events and the final table go to stderr; `--json`
+puts the report on stdout. Exit codes: 0 all types succeeded, 1 a type failed, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from . import recipes
+from .errors import InputError, QuantizerError
+from .events import Event, EventStream
+from .pipeline import JobSpec, run
+from .report import results_table
+from .verify import DEFAULT_EVAL_TOKENS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m quantizer",
+        description="Quantize a causal LM with torchao, verify it against the source, save or push it.",
+    )
+    p.add_argument("source", nargs="?", help="model folder or Hub repo id (namespace/name[@revision])")
+    p.add_argument("target", nargs="?", help="output name: namespace/name or name (several types add a suffix)")
+    p.add_argument("--quant-type", action="append", dest="quant_types", metavar="TYPE",
+                   help="repeatable; one of the registry's names or 'both' (default int8_weight_only)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help=f"int4 group size: 32, 64, 128 or 256 (default {recipes.DEFAULT_GROUP_SIZE}, "
+                        "lowered automatically when it does not divide the model's widths)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the target repo as private")
+    p.add_argument("--save-only", action="store_true", help="save to --output-dir, do not push")
+    p.add_argument("--output-dir", type=Path, default=Path("out"), help="where outputs are saved (default ./out)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or target repo")
+    p.add_argument("--eval-text", type=Path, default=None,
+                   help="UTF-8 text for perplexity (default: Python's pydoc topics, real English prose)")
+    p.add_argument("--eval-tokens", type=int, default=DEFAULT_EVAL_TOKENS,
+                   help=f"tokens of eval text used for perplexity (default {DEFAULT_EVAL_TOKENS})")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+class ConsolePrinter:
+    """Prints events to stderr: one line per stage and log, a redrawn bar for progress on a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._bar_open = False
+
+    def __call__(self, event: Event) -> None:
+        prefix = f"[{event.quant_type}] " if event.quant_type else ""
+        if event.kind == "progress":
+            self._progress(prefix, event)
+            return
+        self._end_bar()
+        if event.kind == "stage_start":
+            self._line(f"{prefix}▶ {event.message}")
+        elif event.kind == "stage_end":
+            self._line(f"{prefix}{'✓' if (event.data or {}).get('ok') else '✗'} {event.message}")
+        elif event.kind == "warning":
+            self._line(f"{prefix}! {event.message}")
+        elif event.kind == "error":
+            self._line(f"{prefix}✗ {event.message}")
+        elif event.kind == "log":
+            self._line(f"{prefix}  {event.message}")
+
+    def _progress(self, prefix: str, event: Event) -> None:
+        fraction = event.fraction or 0.0
+        if self.tty:
+            filled = int(fraction * 24)
+            self.stream.write(f"\r{prefix}  {event.stage} [{'#' * filled}{'.' * (24 - filled)}] {event.message}")
+            self.stream.flush()
+            self._bar_open = True
+        elif fraction >= 1.0:
+            self._line(f"{prefix}  {event.stage} {event.message}")
+
+    def _end_bar(self) -> None:
+        if self._bar_open:
+            self.stream.write("\n")
+            self._bar_open = False
+
+    def _line(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+
+def quiet_libraries() -> None:
+    """Our events report progress; transformers' own bars and load reports would only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def spec_from_args(args: argparse.Namespace) -> JobSpec:
+    return JobSpec(
+        source=args.source,
+        target=args.target,
+        quant_types=args.quant_types or ["int8_weight_only"],
+        group_size=args.group_size,
+        device=args.device,
+        save_only=args.save_only,
+        output_dir=args.output_dir,
+        overwrite=args.overwrite,
+        token=args.token or os.environ.get("HF_TOKEN"),
+        private=args.private,
+        eval_text=args.eval_text,
+        eval_tokens=args.eval_tokens,
+        debug=args.debug,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_quant_types:
+        print(recipes.registry_table())
+        return 0
+    if not args.source or not args.target:
+        print("error: SOURCE and TARGET are required (see --help); SOURCE is a model folder or repo id, "
+              "TARGET the output name.", file=sys.stderr)
+        return 2
+    spec = spec_from_args(args)
+    quiet_libraries()
+    events = EventStream(ConsolePrinter())
+    try:
+        report = run(spec, events)
+    except QuantizerError as exc:
+        if args.debug:
+            raise
+        print(f"error: {events.scrub(str(exc))}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, InputError) else 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: unexpected failure ({type(exc).__name__}: {events.scrub(str(exc))}); "
+              "rerun with --debug for the traceback and report it.", file=sys.stderr)
+        return 1
+    print("\n" + results_table(report), file=sys.stderr)
+    if args.json:
+        print(report.to_json())
+    failed = [r for r in report.results if not r.ok]
+    for r in failed:
+        print(f"error: {r.quant_type}: {r.error}", file=sys.stderr)
+    return 1 if failed else 0

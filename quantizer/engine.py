@@ -1,0 +1,128 @@
+"""Quantize with torchao through transformers' TorchAoConfig, and save a folder stock transformers loads."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchao.core.config import AOBaseConfig
+from torchao.utils import TorchAOBaseTensor
+from transformers import AutoConfig, AutoModelForCausalLM, TorchAoConfig
+from transformers.quantizers.base import get_keys_to_not_convert
+from transformers.quantizers.quantizers_utils import should_convert_module
+
+from .errors import GroupSizeError, QuantizationError
+from .events import EventStream
+from .hardware import Hardware
+from .recipes import GROUP_SIZES
+from .source import TOKENIZER_FILES
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    name: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    quantized: int
+    skipped: tuple[str, ...]  # Linear layers left in the source dtype (a tied or untied lm_head)
+
+
+def planned_linear_layers(config_dict: dict) -> list[LinearLayer]:
+    """The Linear layers TorchAoConfig will quantize, found from config.json alone on the meta device."""
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    keep = get_keys_to_not_convert(model)
+    return [
+        LinearLayer(name, module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and should_convert_module(name, keep)
+    ]
+
+
+def choose_group_size(layers: list[LinearLayer], requested: int, explicit: bool) -> tuple[int, str | None]:
+    """Return a group size that divides every layer's in_features, and a note when it differs from `requested`.
+
+    torchao cannot quantize a layer whose width the group size does not divide. When the user
+    asked for a size explicitly, we refuse and list the layers; with the default we take the
+    largest standard size that fits everything and say so.
+    """
+    misfits = [layer for layer in layers if layer.in_features % requested]
+    if not misfits:
+        return requested, None
+    widths = sorted({layer.in_features for layer in layers})
+    fitting = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
+    shown = ", ".join(f"{m.name} ({m.in_features})" for m in misfits[:6])
+    more = f" and {len(misfits) - 6} more" if len(misfits) > 6 else ""
+    if explicit or not fitting:
+        hint = (f"use --group-size {fitting[0]}" if fitting
+                else "no standard group size (256/128/64/32) divides them; use an int8 type instead")
+        raise GroupSizeError(
+            f"group size {requested} does not divide the input width of {len(misfits)} layer(s): "
+            f"{shown}{more}; {hint}."
+        )
+    note = (f"group size {requested} does not divide the layer widths {widths}; "
+            f"using {fitting[0]}, the largest of {'/'.join(map(str, GROUP_SIZES))} that divides all of them")
+    return fitting[0], note
+
+
+def count_linear_layers(model: torch.nn.Module) -> LayerCount:
+    """Count Linear layers whose weight is a torchao tensor, and name the ones left as they were."""
+    quantized, skipped = 0, []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            if isinstance(module.weight, TorchAOBaseTensor):
+                quantized += 1
+            else:
+                skipped.append(name)
+    return LayerCount(quantized, tuple(skipped))
+
+
+def copy_side_files(source_dir: Path, output_dir: Path) -> list[str]:
+    """Copy tokenizer files and the chat template beside the saved weights."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = source_dir / name
+        if src.is_file():
+            shutil.copy2(src, output_dir / name)
+            copied.append(name)
+    return copied
+
+
+def quantize_and_save(
+    source_dir: Path,
+    output_dir: Path,
+    torchao_config: AOBaseConfig,
+    hardware: Hardware,
+    events: EventStream,
+    quant_type: str,
+) -> LayerCount:
+    """Load the source quantizing parameter by parameter, then save safetensors with save_pretrained."""
+    with events.stage("quantize", f"quantizing with {type(torchao_config).__name__}", quant_type=quant_type):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                source_dir,
+                quantization_config=TorchAoConfig(quant_type=torchao_config),
+                dtype="auto",
+                device_map=hardware.device,
+            )
+        except Exception as exc:
+            raise QuantizationError(f"torchao could not quantize the model with {quant_type}: {exc}") from exc
+        counts = count_linear_layers(model)
+    with events.stage("save", f"saving safetensors to {output_dir.name}", quant_type=quant_type):
+        try:
+            model.save_pretrained(output_dir)
+        except Exception as exc:
+            raise QuantizationError(f"saving the {quant_type} model failed: {exc}") from exc
+        finally:
+            del model
+            gc.collect()
+        copy_side_files(source_dir, output_dir)
+    return counts

@@ -1,0 +1,118 @@
+"""The job's results: one `RecipeResult` per quantization type, rendered as JSON or a table."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+
+from torchao.core.config import AOBaseConfig
+
+from .verify import VerifyResult
+
+
+def config_repr(config: AOBaseConfig) -> str:
+    """The torchao config as code, naming only the fields that differ from their defaults."""
+    parts = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if value != default:
+            parts.append(f"{f.name}={value_repr(value)}")
+    return f"{type(config).__name__}({', '.join(parts)})"
+
+
+def value_repr(value) -> str:
+    """Enums as `Int4PackingFormat.TILE_PACKED_TO_4D` (their repr is not code); the rest as repr."""
+    if isinstance(value, enum.Enum):
+        return f"{type(value).__name__}.{value.name}"
+    return repr(value)
+
+
+@dataclass
+class RecipeResult:
+    quant_type: str
+    suffix: str
+    status: str = "pending"  # ok | failed
+    error: str | None = None
+    torchao_config: str | None = None
+    format: str | None = None
+    device: str | None = None
+    group_size: int | None = None
+    target_repo: str | None = None
+    output_dir: str | None = None
+    url: str | None = None
+    source_bytes: int | None = None
+    output_bytes: int | None = None
+    size_ratio: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_bytes: int | None = None
+    verify: VerifyResult | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Report:
+    source: str
+    revision: str | None
+    device: str
+    hardware: str
+    results: list[RecipeResult] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # shared stages (preflight, reference)
+    error: str | None = None  # a failure before any recipe ran
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.results) and all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def results_table(report: Report) -> str:
+    """A markdown table, one row for the source and one per type."""
+    header = ("type", "status", "size", "ratio", "ppl", "ppl Δ", "top-1", "logits err", "layers q/skip",
+              "time", "peak RSS", "output")
+    rows = [header]
+    ref = next((r.verify for r in report.results if r.verify), None)
+    source_bytes = next((r.source_bytes for r in report.results if r.source_bytes), None)
+    rows.append(("source", "", human_bytes(source_bytes), "100%", f"{ref.ppl_source:.2f}" if ref else "-",
+                 "", "", "", "", "", "", report.source))
+    for r in report.results:
+        v = r.verify
+        rows.append((
+            r.quant_type,
+            r.status,
+            human_bytes(r.output_bytes),
+            f"{r.size_ratio:.1%}" if r.size_ratio is not None else "-",
+            f"{v.ppl_quantized:.2f}" if v else "-",
+            f"{v.ppl_delta_pct:+.2f}%" if v else "-",
+            f"{v.top1_agreement:.1%}" if v else "-",
+            f"{v.logits_rel_err:.4f}" if v else "-",
+            f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
+            f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
+            human_bytes(r.peak_rss_bytes),
+            r.url or r.output_dir or (r.error or "-"),
+        ))
+    lines = ["| " + " | ".join(row) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
+    return "\n".join(lines)

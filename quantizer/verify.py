@@ -1,0 +1,201 @@
+"""Prove an output is right: reload it with stock transformers and compare it with the source.
+
+The same fixed inputs go through the source (once per job) and every reloaded output:
+logits on a small batch of real text (relative error, top-1 agreement), perplexity on a bounded
+number of tokens of real English, and one greedy sample answer. An output that does not reload,
+produces non-finite numbers or disagrees with the source almost everywhere is a failed job.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import InputError, VerificationError
+from .events import EventStream
+from .hardware import Hardware
+
+DEFAULT_EVAL_TOKENS = 2048
+WINDOW = 256  # perplexity window length, tokens
+LOGITS_BATCH = (4, 64)  # sequences x tokens for the logits comparison
+SAMPLE_PROMPT = "What is the capital of France? Answer in one sentence."
+SAMPLE_TOKENS = 24
+# Below this top-1 agreement an output is broken, not merely lossy (random models still agree far more).
+TOP1_FLOOR = 0.2
+PPL_RATIO_CEILING = 4.0
+
+
+def default_eval_text() -> str:
+    """Real English prose that ships with Python: the standard library's pydoc topics."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The fixed inputs every model of a job is measured on."""
+
+    windows: torch.Tensor  # [n, WINDOW] token ids for perplexity
+    batch: torch.Tensor  # LOGITS_BATCH token ids for the logits comparison (disjoint from windows)
+    prompt_ids: torch.Tensor  # [1, n] the sample prompt, chat template applied when there is one
+
+    @property
+    def eval_tokens(self) -> int:
+        return self.windows.numel()
+
+
+def build_eval_data(tokenizer, text: str, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> EvalData:
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    n_windows = max(1, eval_tokens // WINDOW)
+    rows, cols = LOGITS_BATCH
+    needed = n_windows * WINDOW + rows * cols
+    if ids.numel() < needed:
+        raise InputError(
+            f"the evaluation text has {ids.numel()} tokens; at least {needed} are needed: give a longer --eval-text."
+        )
+    windows = ids[: n_windows * WINDOW].reshape(n_windows, WINDOW)
+    batch = ids[n_windows * WINDOW : needed].reshape(rows, cols)
+    return EvalData(windows, batch, prompt_ids(tokenizer))
+
+
+def prompt_ids(tokenizer) -> torch.Tensor:
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": SAMPLE_PROMPT}], tokenize=False, add_generation_prompt=True
+        )
+        return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    return tokenizer(SAMPLE_PROMPT, return_tensors="pt")["input_ids"]
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What one model produced on the job's EvalData."""
+
+    logits: torch.Tensor  # float32 on CPU
+    ppl: float
+    sample: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    reload_ok: bool
+    logits_rel_err: float
+    top1_agreement: float
+    ppl_source: float
+    ppl_quantized: float
+    ppl_delta_pct: float
+    quantized_linear: int
+    skipped_linear: int
+    sample: str
+    sample_source: str
+    eval_tokens: int
+
+
+@torch.no_grad()
+def measure(model, tokenizer, data: EvalData, events: EventStream, quant_type: str | None) -> Figures:
+    device = model.device
+    logits = model(data.batch.to(device)).logits.float().cpu()
+    total_nll, count = 0.0, 0
+    for i, window in enumerate(data.windows):
+        ids = window.unsqueeze(0).to(device)
+        out = model(ids).logits.float()
+        nll = torch.nn.functional.cross_entropy(out[0, :-1], ids[0, 1:], reduction="sum")
+        total_nll += nll.item()
+        count += ids.shape[1] - 1
+        events.progress("perplexity", i + 1, len(data.windows), quant_type=quant_type)
+    ppl = math.exp(total_nll / count) if count else float("nan")
+    prompt = data.prompt_ids.to(device)
+    generated = model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=SAMPLE_TOKENS, do_sample=False,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    sample = tokenizer.decode(generated[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+    return Figures(logits, ppl, sample)
+
+
+def load_tokenizer(folder: Path):
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def reference_figures(source_dir: Path, hardware: Hardware, data: EvalData, events: EventStream) -> Figures:
+    """Measure the source model once, in its own dtype, and free it again."""
+    with events.stage("reference", "measuring the source model"):
+        model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device)
+        try:
+            return measure(model.eval(), load_tokenizer(source_dir), data, events, None)
+        finally:
+            del model
+            gc.collect()
+
+
+def compare(ref: Figures, got: Figures) -> tuple[float, float]:
+    """Relative L2 error of the logits, and how often both pick the same next token."""
+    rel_err = ((got.logits - ref.logits).norm() / ref.logits.norm()).item()
+    top1 = (got.logits.argmax(-1) == ref.logits.argmax(-1)).float().mean().item()
+    return rel_err, top1
+
+
+def verify_output(
+    output_dir: Path,
+    hardware: Hardware,
+    data: EvalData,
+    ref: Figures,
+    events: EventStream,
+    quant_type: str,
+) -> VerifyResult:
+    """Reload `output_dir` with stock transformers and compare it with the source's figures."""
+    from .engine import count_linear_layers
+
+    with events.stage("verify", "reloading with stock transformers and comparing with the source",
+                      quant_type=quant_type):
+        try:
+            model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
+            tokenizer = load_tokenizer(output_dir)
+        except Exception as exc:
+            raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
+        try:
+            counts = count_linear_layers(model)
+            got = measure(model, tokenizer, data, events, quant_type)
+        finally:
+            del model
+            gc.collect()
+    rel_err, top1 = compare(ref, got)
+    result = VerifyResult(
+        reload_ok=True,
+        logits_rel_err=rel_err,
+        top1_agreement=top1,
+        ppl_source=ref.ppl,
+        ppl_quantized=got.ppl,
+        ppl_delta_pct=100.0 * (got.ppl - ref.ppl) / ref.ppl,
+        quantized_linear=counts.quantized,
+        skipped_linear=len(counts.skipped),
+        sample=got.sample,
+        sample_source=ref.sample,
+        eval_tokens=data.eval_tokens,
+    )
+    check_sane(result, quant_type)
+    return result
+
+
+def check_sane(result: VerifyResult, quant_type: str) -> None:
+    """Fail outputs that are broken rather than lossy."""
+    if not all(map(math.isfinite, (result.logits_rel_err, result.ppl_quantized))):
+        raise VerificationError(f"the {quant_type} model produces NaN or infinite outputs; it was not kept.")
+    if result.quantized_linear == 0:
+        raise VerificationError(f"no Linear layer was quantized by {quant_type}; the output was not kept.")
+    if result.top1_agreement < TOP1_FLOOR:
+        raise VerificationError(
+            f"the {quant_type} model agrees with the source on only {result.top1_agreement:.0%} of next tokens "
+            f"(floor {TOP1_FLOOR:.0%}); it is broken, not kept. Try int8_weight_only or a smaller group size."
+        )
+    if result.ppl_quantized > PPL_RATIO_CEILING * result.ppl_source:
+        raise VerificationError(
+            f"the {quant_type} model's perplexity is {result.ppl_quantized:.1f} against the source's "
+            f"{result.ppl_source:.1f}; it is broken, not kept. Try int8_weight_only or a smaller group size."
+        )
