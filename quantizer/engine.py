@@ -62,14 +62,18 @@ def choose_group_size(layers: list[LinearLayer], requested: int, explicit: bool)
     shown = ", ".join(f"{m.name} ({m.in_features})" for m in misfits[:6])
     more = f" and {len(misfits) - 6} more" if len(misfits) > 6 else ""
     if explicit or not fitting:
-        hint = (f"use --group-size {fitting[0]}" if fitting
-                else "no standard group size (256/128/64/32) divides them; use an int8 type instead")
-        raise GroupSizeError(
-            f"group size {requested} does not divide the input width of {len(misfits)} layer(s): "
-            f"{shown}{more}; {hint}."
+        hint = (
+            f"use --group-size {fitting[0]}"
+            if fitting
+            else "no standard group size (256/128/64/32) divides them; use an int8 type instead"
         )
-    note = (f"group size {requested} does not divide the layer widths {widths}; "
-            f"using {fitting[0]}, the largest of {'/'.join(map(str, GROUP_SIZES))} that divides all of them")
+        raise GroupSizeError(
+            f"group size {requested} does not divide the input width of {len(misfits)} layer(s): {shown}{more}; {hint}."
+        )
+    note = (
+        f"group size {requested} does not divide the layer widths {widths}; "
+        f"using {fitting[0]}, the largest of {'/'.join(map(str, GROUP_SIZES))} that divides all of them"
+    )
     return fitting[0], note
 
 

@@ -89,8 +89,16 @@ class EventStream:
             seconds = time.perf_counter() - started
             self.stage_seconds[(quant_type, name)] = seconds
             status = "done" if ok else "failed"
-            self.emit(Event("stage_end", f"{name} {status} in {seconds:.1f}s", stage=name,
-                            quant_type=quant_type, seconds=seconds, data={"ok": ok}))
+            self.emit(
+                Event(
+                    "stage_end",
+                    f"{name} {status} in {seconds:.1f}s",
+                    stage=name,
+                    quant_type=quant_type,
+                    seconds=seconds,
+                    data={"ok": ok},
+                )
+            )
 
     def seconds_for(self, quant_type: str | None) -> dict[str, float]:
         """Durations of the stages run for one recipe (None: the shared stages)."""

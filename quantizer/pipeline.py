@@ -26,6 +26,7 @@ from .verify import (
     EvalData,
     Figures,
     build_eval_data,
+    check_sane,
     default_eval_text,
     load_tokenizer,
     reference_figures,
@@ -76,8 +77,9 @@ def preflight(spec: JobSpec, events: EventStream) -> Plan:
     if spec.eval_text and not Path(spec.eval_text).is_file():
         raise InputError(f"evaluation text '{spec.eval_text}' is not a file: give a UTF-8 text file.")
     if not spec.save_only:
-        raise InputError("pushing to the Hub is not available in this build: add --save-only to keep the output "
-                         "in --output-dir.")
+        raise InputError(
+            "pushing to the Hub is not available in this build: add --save-only to keep the output in --output-dir."
+        )
     info = open_source(spec.source).inspect()
     several = len(recipes) > 1
     targets = {r.name: target_for(spec.target, info.name, r, several) for r in recipes}
@@ -92,8 +94,10 @@ def preflight(spec: JobSpec, events: EventStream) -> Plan:
     for name in targets.values():
         out = output_folder(spec, name)
         if out.exists() and not spec.overwrite:
-            raise OutputExistsError(f"output folder '{out}' already exists: pass --overwrite to replace it, "
-                                    "or choose another TARGET or --output-dir.")
+            raise OutputExistsError(
+                f"output folder '{out}' already exists: pass --overwrite to replace it, "
+                "or choose another TARGET or --output-dir."
+            )
     return Plan(hardware, info, recipes, targets, group_size, notes)
 
 
@@ -111,8 +115,9 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
     events.add_secret(spec.token)
     with events.stage("preflight", f"checking {spec.source}"):
         plan = preflight(spec, events)
-    report = Report(source=plan.info.ref, revision=plan.info.revision, device=plan.hardware.device,
-                    hardware=plan.hardware.name)
+    report = Report(
+        source=plan.info.ref, revision=plan.info.revision, device=plan.hardware.device, hardware=plan.hardware.name
+    )
     workdir = Path(tempfile.mkdtemp(prefix="quantizer-job-"))
     try:
         with events.stage("fetch", "getting the model files"):
@@ -120,28 +125,36 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         text = Path(spec.eval_text).read_text(encoding="utf-8") if spec.eval_text else default_eval_text()
         data = build_eval_data(load_tokenizer(source_dir), text, spec.eval_tokens)
         reference = reference_figures(source_dir, plan.hardware, data, events)
+        report.ppl_source, report.sample_source = reference.ppl, reference.sample
         report.seconds = events.seconds_for(None)
         for recipe in plan.recipes:
             result = run_recipe(spec, plan, recipe, source_dir, data, reference, events)
             report.results.append(result)
-            events.emit(Event("result", f"{recipe.name}: {result.status}", quant_type=recipe.name,
-                              data={"result": result}))
+            events.emit(
+                Event("result", f"{recipe.name}: {result.status}", quant_type=recipe.name, data={"result": result})
+            )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
 
 
-def run_recipe(spec: JobSpec, plan: Plan, recipe: Recipe, source_dir: Path, data: EvalData,
-               reference: Figures, events: EventStream) -> RecipeResult:
+def run_recipe(
+    spec: JobSpec, plan: Plan, recipe: Recipe, source_dir: Path, data: EvalData, reference: Figures, events: EventStream
+) -> RecipeResult:
     """Quantize, verify and place one output. Failures are recorded in the result, never half-kept."""
     config = recipe.config(plan.hardware, plan.group_size)
     target = plan.targets[recipe.name]
     final = output_folder(spec, target)
     result = RecipeResult(
-        quant_type=recipe.name, suffix=recipe.suffix, torchao_config=config_repr(config),
-        format=recipe.format_on(plan.hardware), device=plan.hardware.device,
-        group_size=plan.group_size if recipe.uses_group_size else None, target_repo=target,
-        source_bytes=plan.info.weight_bytes, notes=list(plan.notes) if recipe.uses_group_size else [],
+        quant_type=recipe.name,
+        suffix=recipe.suffix,
+        torchao_config=config_repr(config),
+        format=recipe.format_on(plan.hardware),
+        device=plan.hardware.device,
+        group_size=plan.group_size if recipe.uses_group_size else None,
+        target_repo=target,
+        source_bytes=plan.info.weight_bytes,
+        notes=list(plan.notes) if recipe.uses_group_size else [],
     )
     events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
     peak = PeakRSS()
@@ -153,6 +166,7 @@ def run_recipe(spec: JobSpec, plan: Plan, recipe: Recipe, source_dir: Path, data
         if counts.skipped:
             result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
         result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
+        check_sane(result.verify, recipe.name)
         result.output_bytes = weights_bytes(staging)
         result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
         replace_folder(staging, final)

@@ -82,47 +82,63 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
-            "int8_weight_only", "int8wo",
+            "int8_weight_only",
+            "int8wo",
             "int8 weights, per-row scale; about half the size with almost no quality loss",
             lambda hw, g: Int8WeightOnlyConfig(),
             formats=(("any", "Int8Tensor: int8 weights with a per-row scale; loads on CPU and CUDA"),),
         ),
         Recipe(
-            "int8_dynamic", "int8dq",
+            "int8_dynamic",
+            "int8dq",
             "int8 weights and int8 activations quantized on the fly; faster matmuls on hardware with int8 kernels",
             lambda hw, g: Int8DynamicActivationInt8WeightConfig(),
             formats=(("any", "Int8Tensor with dynamic int8 activations; loads on CPU and CUDA"),),
         ),
         Recipe(
-            "int4_weight_only", "int4wo",
+            "int4_weight_only",
+            "int4wo",
             "int4 weights in groups; tile-packed 4-bit on CUDA, portable Intx (one int4 per byte) on CPU",
             _int4_weight_only,
             uses_group_size=True,
             formats=(
-                ("cuda", "Int4TilePackedTo4dTensor: two int4 values per byte, tile-packed for CUDA; "
-                         "loads on CUDA only"),
-                ("cpu", "IntxUnpackedToInt8Tensor: int4 values stored one per int8 byte (same size as int8 "
-                        "today); loads on CPU and CUDA"),
+                (
+                    "cuda",
+                    "Int4TilePackedTo4dTensor: two int4 values per byte, tile-packed for CUDA; loads on CUDA only",
+                ),
+                (
+                    "cpu",
+                    "IntxUnpackedToInt8Tensor: int4 values stored one per int8 byte (same size as int8 "
+                    "today); loads on CPU and CUDA",
+                ),
             ),
         ),
         Recipe(
-            "int8_dynamic_int4_weight", "8da4w",
+            "int8_dynamic_int4_weight",
+            "8da4w",
             "int4 grouped weights with int8 dynamic activations; the format ExecuTorch and mobile CPUs use",
             lambda hw, g: Int8DynamicActivationIntxWeightConfig(
                 weight_dtype=torch.int4, weight_granularity=PerGroup(g)
             ),
             uses_group_size=True,
-            formats=(("any", "IntxUnpackedToInt8Tensor with int8 dynamic activations (int4 values one per "
-                             "byte); loads on CPU and CUDA"),),
+            formats=(
+                (
+                    "any",
+                    "IntxUnpackedToInt8Tensor with int8 dynamic activations (int4 values one per "
+                    "byte); loads on CPU and CUDA",
+                ),
+            ),
         ),
         Recipe(
-            "float8_weight_only", "fp8wo",
+            "float8_weight_only",
+            "fp8wo",
             "float8 (e4m3) weights; for GPUs with float8 support (works on CPU, slowly)",
             lambda hw, g: Float8WeightOnlyConfig(),
             formats=(("any", "Float8Tensor: float8 e4m3 weights; loads on CPU and CUDA, fast on CUDA"),),
         ),
         Recipe(
-            "float8_dynamic", "fp8dq",
+            "float8_dynamic",
+            "fp8dq",
             "float8 weights and activations; fastest on H100-class GPUs",
             lambda hw, g: Float8DynamicActivationFloat8WeightConfig(),
             devices=("cuda",),

@@ -17,8 +17,11 @@ def config_repr(config: AOBaseConfig) -> str:
     parts = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
         if value != default:
             parts.append(f"{f.name}={value_repr(value)}")
     return f"{type(config).__name__}({', '.join(parts)})"
@@ -65,6 +68,8 @@ class Report:
     hardware: str
     results: list[RecipeResult] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # shared stages (preflight, reference)
+    ppl_source: float | None = None
+    sample_source: str | None = None
     error: str | None = None  # a failure before any recipe ran
 
     @property
@@ -90,29 +95,42 @@ def human_bytes(n: int | None) -> str:
 
 def results_table(report: Report) -> str:
     """A markdown table, one row for the source and one per type."""
-    header = ("type", "status", "size", "ratio", "ppl", "ppl Δ", "top-1", "logits err", "layers q/skip",
-              "time", "peak RSS", "output")
+    header = (
+        "type",
+        "status",
+        "size",
+        "ratio",
+        "ppl",
+        "ppl Δ",
+        "top-1",
+        "logits err",
+        "layers q/skip",
+        "time",
+        "peak RSS",
+        "output",
+    )
     rows = [header]
-    ref = next((r.verify for r in report.results if r.verify), None)
     source_bytes = next((r.source_bytes for r in report.results if r.source_bytes), None)
-    rows.append(("source", "", human_bytes(source_bytes), "100%", f"{ref.ppl_source:.2f}" if ref else "-",
-                 "", "", "", "", "", "", report.source))
+    ppl = f"{report.ppl_source:.2f}" if report.ppl_source is not None else "-"
+    rows.append(("source", "", human_bytes(source_bytes), "100%", ppl, "", "", "", "", "", "", report.source))
     for r in report.results:
         v = r.verify
-        rows.append((
-            r.quant_type,
-            r.status,
-            human_bytes(r.output_bytes),
-            f"{r.size_ratio:.1%}" if r.size_ratio is not None else "-",
-            f"{v.ppl_quantized:.2f}" if v else "-",
-            f"{v.ppl_delta_pct:+.2f}%" if v else "-",
-            f"{v.top1_agreement:.1%}" if v else "-",
-            f"{v.logits_rel_err:.4f}" if v else "-",
-            f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
-            f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
-            human_bytes(r.peak_rss_bytes),
-            r.url or r.output_dir or (r.error or "-"),
-        ))
+        rows.append(
+            (
+                r.quant_type,
+                r.status,
+                human_bytes(r.output_bytes),
+                f"{r.size_ratio:.1%}" if r.size_ratio is not None else "-",
+                f"{v.ppl_quantized:.2f}" if v else "-",
+                f"{v.ppl_delta_pct:+.2f}%" if v else "-",
+                f"{v.top1_agreement:.1%}" if v else "-",
+                f"{v.logits_rel_err:.4f}" if v else "-",
+                f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
+                f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
+                human_bytes(r.peak_rss_bytes),
+                r.url or r.output_dir or "not kept",
+            )
+        )
     lines = ["| " + " | ".join(row) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
     return "\n".join(lines)

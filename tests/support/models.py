@@ -26,13 +26,16 @@ class TinyShape:
         return f"h{self.hidden}-i{self.intermediate}-{'tied' if self.tied else 'untied'}"
 
 
+DEFAULT_SHAPE = TinyShape()
+
+
 def copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copy2(tokenizer_dir / name, folder / name)
 
 
-def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = TinyShape(), seed: int = 0) -> Path:
+def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = DEFAULT_SHAPE, seed: int = 0) -> Path:
     """Save a random SmolLM3 in bf16 with the demo model's tokenizer (so real text can be evaluated)."""
     config = SmolLM3Config(
         vocab_size=49152,
@@ -52,4 +55,27 @@ def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = Tin
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     copy_tokenizer(tokenizer_dir, folder)
+    return folder
+
+
+def plant_unused_outliers(folder: Path, every: int = 32) -> Path:
+    """Turn a saved tiny model into one that per-row and per-group quantization destroy.
+
+    Every `every`-th input feature of the layers that read the residual stream is zeroed by its
+    RMSNorm gain, so the model never uses those weight columns; setting them to 1e4 changes
+    nothing for the source but makes them each row's (and each group's) absolute maximum, so
+    every other weight rounds to zero. Real models with outlier features fail the same way.
+    """
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                norm.weight[::every] = 0
+            attn, mlp = layer.self_attn, layer.mlp
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                linear.weight.mul_(20)
+                linear.weight[:, ::every] = 1e4
+            for linear in (attn.o_proj, mlp.down_proj):
+                linear.weight.mul_(20)
+    model.save_pretrained(folder)
     return folder
