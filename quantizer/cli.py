@@ -27,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Quantize a causal LM with torchao, verify it against the source, save or push it.",
     )
     p.add_argument("source", nargs="?", help="model folder or Hub repo id (namespace/name[@revision])")
-    p.add_argument("target", nargs="?", help="output name: namespace/name or name (several types add a suffix)")
+    p.add_argument(
+        "target",
+        nargs="?",
+        help="output name: namespace/name or name; several types add their suffix "
+        "(default: {source name}-torchao-{suffix} in your namespace)",
+    )
     p.add_argument(
         "--quant-type",
         action="append",
@@ -46,7 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the target repo as private")
     p.add_argument("--save-only", action="store_true", help="save to --output-dir, do not push")
-    p.add_argument("--output-dir", type=Path, default=Path("out"), help="where outputs are saved (default ./out)")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where outputs are kept (default ./out with --save-only; a push keeps no local copy unless given)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or target repo")
     p.add_argument(
         "--eval-text",
@@ -69,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 class ConsolePrinter:
     """Prints events to stderr: one line per stage and log, a redrawn bar for progress on a terminal."""
 
-    def __init__(self, stream: TextIO = sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr  # looked up now, not at import, so redirection is honoured
+        self.tty = self.stream.isatty()
         self._bar_open = False
 
     def __call__(self, event: Event) -> None:
@@ -141,11 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_quant_types:
         print(recipes.registry_table())
         return 0
-    if not args.source or not args.target:
+    if not args.source:
         print(
-            "error: SOURCE and TARGET are required (see --help); SOURCE is a model folder or repo id, "
-            "TARGET the output name.",
-            file=sys.stderr,
+            "error: SOURCE is required (see --help): a model folder or a Hub repo id (namespace/name).", file=sys.stderr
         )
         return 2
     spec = spec_from_args(args)

@@ -1,8 +1,9 @@
-"""The one flow that both the CLI and the Space call: preflight, fetch, quantize, verify, save or push.
+"""The one flow that both the CLI and the Space call: preflight, fetch, quantize, verify, card, save or push.
 
 `run(spec, events)` never prints and never exits; it returns a `Report` with one result per
-quantization type and emits events as it goes. Bad input raises an `InputError` before any work;
-a recipe that fails is recorded as failed and the next one still runs.
+quantization type and emits events as it goes. Bad input raises an `InputError` before any work
+(nothing downloaded, nothing created); a type that fails is recorded as failed, leaves nothing
+behind, and the next type still runs.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import card as model_card
 from . import recipes as recipe_registry
+from . import resources
 from .engine import choose_group_size, planned_linear_layers, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizerError
 from .events import Event, EventStream
 from .hardware import Hardware, PeakRSS, detect
+from .hub import AuthError, Hub, Identity, repo_url
 from .naming import split_repo_id, target_for
 from .recipes import DEFAULT_GROUP_SIZE, Recipe
 from .report import RecipeResult, Report, config_repr
-from .source import SourceInfo, open_source
+from .source import Source, SourceInfo, open_source
 from .verify import (
     DEFAULT_EVAL_TOKENS,
     EvalData,
@@ -33,6 +37,8 @@ from .verify import (
     verify_output,
 )
 
+DEFAULT_OUTPUT_DIR = Path("out")
+
 
 @dataclass
 class JobSpec:
@@ -44,7 +50,7 @@ class JobSpec:
     group_size: int | None = None  # None: the default, adjusted automatically to fit the model
     device: str = "auto"
     save_only: bool = False
-    output_dir: Path = Path("out")
+    output_dir: Path | None = None  # save-only: default ./out; a push keeps a local copy only when given
     overwrite: bool = False
     token: str | None = None
     private: bool = False
@@ -52,57 +58,103 @@ class JobSpec:
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
 
+    @property
+    def push(self) -> bool:
+        return not self.save_only
+
+    @property
+    def local_dir(self) -> Path | None:
+        """Where outputs are kept on this machine, if anywhere."""
+        return Path(self.output_dir) if self.output_dir else (None if self.push else DEFAULT_OUTPUT_DIR)
+
 
 @dataclass
 class Plan:
-    """What preflight decided: nothing here has touched weights or written a file."""
+    """What preflight decided: nothing here has touched weights or written anything outside the job folder."""
 
     hardware: Hardware
+    source: Source
     info: SourceInfo
     recipes: list[Recipe]
-    targets: dict[str, str]  # quant type -> target name
+    targets: dict[str, str]  # quant type -> target (repo id when pushing, folder name when saving)
     group_size: int
     notes: list[str]
+    identity: Identity | None = None
 
 
-def preflight(spec: JobSpec, events: EventStream) -> Plan:
-    """Every check that can fail on bad input, before anything is downloaded or written."""
-    hardware = detect(spec.device)
-    recipes = recipe_registry.resolve(spec.quant_types)
-    recipe_registry.check_supported(recipes, hardware)
-    requested = spec.group_size or DEFAULT_GROUP_SIZE
-    recipe_registry.check_group_size_value(requested)
+def check_options(spec: JobSpec) -> None:
+    recipe_registry.check_group_size_value(spec.group_size or DEFAULT_GROUP_SIZE)
     if spec.eval_tokens < 256:
         raise InputError("--eval-tokens must be at least 256 so perplexity means something.")
     if spec.eval_text and not Path(spec.eval_text).is_file():
         raise InputError(f"evaluation text '{spec.eval_text}' is not a file: give a UTF-8 text file.")
-    if not spec.save_only:
-        raise InputError(
-            "pushing to the Hub is not available in this build: add --save-only to keep the output in --output-dir."
+
+
+def push_targets(spec: JobSpec, identity: Identity, info: SourceInfo, recipes: list[Recipe]) -> dict[str, str]:
+    """Targets as full repo ids in a namespace the token may write to."""
+    if not identity.can_write:
+        raise AuthError(f"the token of {identity.name} is read-only: pushing needs a token with write access.")
+    namespace = split_repo_id(spec.target)[0] if spec.target else None
+    namespace = namespace or identity.name
+    if namespace not in identity.namespaces:
+        raise AuthError(
+            f"{identity.name} cannot write to '{namespace}': choose your own namespace or one of your "
+            f"organisations ({', '.join(identity.namespaces)})."
         )
-    info = open_source(spec.source).inspect()
     several = len(recipes) > 1
-    targets = {r.name: target_for(spec.target, info.name, r, several) for r in recipes}
+    return {r.name: f"{namespace}/{target_for(spec.target, info.name, r, several).split('/')[-1]}" for r in recipes}
+
+
+def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Plan:
+    """Every check that can fail on bad input, before anything is downloaded, created or written."""
+    hardware = detect(spec.device)
+    recipes = recipe_registry.resolve(spec.quant_types)
+    recipe_registry.check_supported(recipes, hardware)
+    check_options(spec)
+    identity = hub.whoami() if spec.push else None  # a bad token is reported before anything else
+    source = open_source(spec.source, hub)
+    info = source.inspect()
+    if identity:
+        targets = push_targets(spec, identity, info, recipes)
+    else:
+        targets = {r.name: target_for(spec.target, info.name, r, len(recipes) > 1) for r in recipes}
     notes: list[str] = []
-    group_size = requested
+    group_size = spec.group_size or DEFAULT_GROUP_SIZE
     if any(r.uses_group_size for r in recipes):
         layers = planned_linear_layers(info.config)
-        group_size, note = choose_group_size(layers, requested, explicit=spec.group_size is not None)
+        group_size, note = choose_group_size(layers, group_size, explicit=spec.group_size is not None)
         if note:
             notes.append(note)
             events.warn(note)
-    for name in targets.values():
-        out = output_folder(spec, name)
-        if out.exists() and not spec.overwrite:
+    for target in targets.values():
+        if spec.local_dir is not None:
+            out = local_folder(spec, target)
+            if out.exists() and not spec.overwrite:
+                raise OutputExistsError(
+                    f"output folder '{out}' already exists: pass --overwrite to replace it, "
+                    "or choose another TARGET or --output-dir."
+                )
+        if spec.push and not spec.overwrite and hub.exists(target):
             raise OutputExistsError(
-                f"output folder '{out}' already exists: pass --overwrite to replace it, "
-                "or choose another TARGET or --output-dir."
+                f"the target repo {target} already exists: pass --overwrite to replace its "
+                "files in one new commit, or choose another target name."
             )
-    return Plan(hardware, info, recipes, targets, group_size, notes)
+    resources.check(
+        resources.estimate(
+            info.weight_bytes,
+            len(recipes),
+            download=info.repo_id is not None,
+            keep_outputs=spec.local_dir is not None,
+            workdir=workdir,
+            output_dir=spec.local_dir,
+        )
+    )
+    return Plan(hardware, source, info, recipes, targets, group_size, notes, identity)
 
 
-def output_folder(spec: JobSpec, target: str) -> Path:
-    return Path(spec.output_dir) / split_repo_id(target)[1]
+def local_folder(spec: JobSpec, target: str) -> Path:
+    assert spec.local_dir is not None
+    return spec.local_dir / split_repo_id(target)[1]
 
 
 def weights_bytes(folder: Path) -> int:
@@ -113,22 +165,24 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
     """Run a whole job. Raises InputError on bad input (nothing written); otherwise returns the report."""
     events = events or EventStream()
     events.add_secret(spec.token)
-    with events.stage("preflight", f"checking {spec.source}"):
-        plan = preflight(spec, events)
-    report = Report(
-        source=plan.info.ref, revision=plan.info.revision, device=plan.hardware.device, hardware=plan.hardware.name
-    )
+    hub = Hub(spec.token, events)
     workdir = Path(tempfile.mkdtemp(prefix="quantizer-job-"))
     try:
+        with events.stage("preflight", f"checking {spec.source}"):
+            plan = preflight(spec, events, hub, workdir)
+        report = Report(
+            source=plan.info.ref, revision=plan.info.revision, device=plan.hardware.device, hardware=plan.hardware.name
+        )
         with events.stage("fetch", "getting the model files"):
-            source_dir = open_source(spec.source).fetch(workdir, events)
+            source_dir = plan.source.fetch(workdir, events)
         text = Path(spec.eval_text).read_text(encoding="utf-8") if spec.eval_text else default_eval_text()
         data = build_eval_data(load_tokenizer(source_dir), text, spec.eval_tokens)
         reference = reference_figures(source_dir, plan.hardware, data, events)
         report.ppl_source, report.sample_source = reference.ppl, reference.sample
         report.seconds = events.seconds_for(None)
         for recipe in plan.recipes:
-            result = run_recipe(spec, plan, recipe, source_dir, data, reference, events)
+            job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events)
+            result = job.run(data, reference)
             report.results.append(result)
             events.emit(
                 Event("result", f"{recipe.name}: {result.status}", quant_type=recipe.name, data={"result": result})
@@ -138,53 +192,110 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
     return report
 
 
-def run_recipe(
-    spec: JobSpec, plan: Plan, recipe: Recipe, source_dir: Path, data: EvalData, reference: Figures, events: EventStream
-) -> RecipeResult:
-    """Quantize, verify and place one output. Failures are recorded in the result, never half-kept."""
-    config = recipe.config(plan.hardware, plan.group_size)
-    target = plan.targets[recipe.name]
-    final = output_folder(spec, target)
-    result = RecipeResult(
-        quant_type=recipe.name,
-        suffix=recipe.suffix,
-        torchao_config=config_repr(config),
-        format=recipe.format_on(plan.hardware),
-        device=plan.hardware.device,
-        group_size=plan.group_size if recipe.uses_group_size else None,
-        target_repo=target,
-        source_bytes=plan.info.weight_bytes,
-        notes=list(plan.notes) if recipe.uses_group_size else [],
-    )
-    events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
-    peak = PeakRSS()
-    peak.reset()
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        counts = quantize_and_save(source_dir, staging, config, plan.hardware, events, recipe.name)
-        if counts.skipped:
-            result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
-        result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
-        check_sane(result.verify, recipe.name)
-        result.output_bytes = weights_bytes(staging)
-        result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
-        replace_folder(staging, final)
-        result.output_dir = str(final)
-        result.status = "ok"
-    except QuantizerError as exc:
-        result.status, result.error = "failed", events.scrub(str(exc))
-        events.emit(Event("error", result.error, quant_type=recipe.name))
-    except Exception as exc:  # an unexpected failure still ends this recipe cleanly
-        result.status, result.error = "failed", events.scrub(f"unexpected error: {type(exc).__name__}: {exc}")
-        events.emit(Event("error", result.error, quant_type=recipe.name))
-        if spec.debug:
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        result.seconds = events.seconds_for(recipe.name)
-        result.peak_rss_bytes = peak.peak_bytes()
-    return result
+@dataclass
+class RecipeJob:
+    """One quantization type: quantize, verify, card, then push and/or keep. Never leaves half an output."""
+
+    spec: JobSpec
+    plan: Plan
+    recipe: Recipe
+    source_dir: Path
+    workdir: Path
+    hub: Hub
+    events: EventStream
+
+    def run(self, data: EvalData, reference: Figures) -> RecipeResult:
+        plan, recipe, events = self.plan, self.recipe, self.events
+        config = recipe.config(plan.hardware, plan.group_size)
+        result = RecipeResult(
+            quant_type=recipe.name,
+            suffix=recipe.suffix,
+            torchao_config=config_repr(config),
+            format=recipe.format_on(plan.hardware),
+            device=plan.hardware.device,
+            group_size=plan.group_size if recipe.uses_group_size else None,
+            target_repo=plan.targets[recipe.name],
+            source_bytes=plan.info.weight_bytes,
+            notes=list(plan.notes) if recipe.uses_group_size else [],
+        )
+        events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
+        peak = PeakRSS()
+        peak.reset()
+        staging = self.staging_folder()
+        try:
+            counts = quantize_and_save(self.source_dir, staging, config, plan.hardware, events, recipe.name)
+            if counts.skipped:
+                result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
+            result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
+            check_sane(result.verify, recipe.name)
+            result.output_bytes = weights_bytes(staging)
+            result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
+            result.seconds = events.seconds_for(recipe.name)
+            result.peak_rss_bytes = peak.peak_bytes()
+            self.write_card(staging, result)
+            if self.spec.push:
+                self.push(staging, result)
+            if self.spec.local_dir is not None:
+                final = local_folder(self.spec, result.target_repo)
+                replace_folder(staging, final)
+                result.output_dir = str(final)
+            result.status = "ok"
+        except QuantizerError as exc:
+            self.fail(result, events.scrub(str(exc)))
+        except Exception as exc:  # an unexpected failure still ends this type cleanly
+            self.fail(result, events.scrub(f"unexpected error: {type(exc).__name__}: {exc}"))
+            if self.spec.debug:
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            result.seconds = events.seconds_for(recipe.name)
+            result.peak_rss_bytes = peak.peak_bytes()
+        return result
+
+    def staging_folder(self) -> Path:
+        """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""
+        if self.spec.local_dir is None:
+            return Path(tempfile.mkdtemp(prefix=f"{self.recipe.suffix}-", dir=self.workdir))
+        parent = local_folder(self.spec, self.plan.targets[self.recipe.name]).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{self.recipe.suffix}.partial-", dir=parent))
+
+    def write_card(self, folder: Path, result: RecipeResult) -> None:
+        with self.events.stage("card", "writing the model card", quant_type=self.recipe.name):
+            card = model_card.render(
+                self.plan.info,
+                self.recipe,
+                result,
+                made_on=self.plan.hardware.name,
+                eval_text_name=Path(self.spec.eval_text).name if self.spec.eval_text else "Python's pydoc topics",
+                source_dtype=str(
+                    self.plan.info.config.get("torch_dtype") or self.plan.info.config.get("dtype") or "the source dtype"
+                ),
+            )
+            if self.spec.push:
+                self.hub.call("validating the model card", card.validate)
+            card.save(folder / "README.md")
+
+    def push(self, folder: Path, result: RecipeResult) -> None:
+        info, target = self.plan.info, result.target_repo
+        revision = f" at {info.revision[:12]}" if info.revision else ""
+        message = f"Quantize {info.ref}{revision} with torchao {self.recipe.name}"
+        description = f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
+        with self.events.stage("push", f"pushing to {target} in one commit", quant_type=self.recipe.name):
+            url, _ = self.hub.push(
+                folder,
+                target,
+                private=self.spec.private,
+                message=message,
+                description=description,
+                replace=self.spec.overwrite,
+            )
+        result.url = url
+        self.events.log(f"pushed {repo_url(target)}", quant_type=self.recipe.name)
+
+    def fail(self, result: RecipeResult, message: str) -> None:
+        result.status, result.error = "failed", message
+        self.events.emit(Event("error", message, quant_type=self.recipe.name))
 
 
 def replace_folder(staging: Path, final: Path) -> None:

@@ -8,15 +8,23 @@ source plugs in through the same two methods.
 from __future__ import annotations
 
 import json
+import re
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from huggingface_hub.repocard import metadata_load
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from .errors import SourceError
 from .events import EventStream
+
+if TYPE_CHECKING:
+    from .hub import Hub
+
+REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
 # Everything besides the weights that a loadable, chat-ready output needs.
 TOKENIZER_FILES = (
@@ -54,8 +62,19 @@ class SourceInfo:
     model_type: str
     weight_files: tuple[str, ...]
     weight_bytes: int
-    revision: str | None = None
+    revision: str | None = None  # the commit the job reads (Hub sources)
+    repo_id: str | None = None  # None for a local folder
     files: tuple[str, ...] = field(default=())
+    card_data: dict = field(default_factory=dict)  # the source card's YAML header (license, pipeline_tag, ...)
+
+    @property
+    def needed_files(self) -> list[str]:
+        """What a job downloads: weights plus config, generation config, tokenizer and chat template."""
+        return [*self.weight_files, *(f for f in self.files if f in SIDE_FILES), *self._index_files]
+
+    @property
+    def _index_files(self) -> list[str]:
+        return [f for f in self.files if f.endswith(".index.json") and f.startswith(("model", "pytorch_model"))]
 
     @property
     def tied_embeddings(self) -> bool:
@@ -139,10 +158,7 @@ class LocalSource:
             raise SourceError(f"{where} is a file, not a folder: give the folder that holds config.json.")
         files = sorted(p.name for p in self.path.iterdir() if p.is_file())
         weights = check_files(files, where)
-        try:
-            config = json.loads((self.path / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SourceError(f"{where}: config.json cannot be read ({exc}); fix or re-save it.") from None
+        config = read_config(self.path / "config.json", where)
         architecture, model_type = check_config(config, where)
         return SourceInfo(
             ref=str(self.path),
@@ -153,12 +169,92 @@ class LocalSource:
             weight_files=tuple(weights),
             weight_bytes=sum((self.path / f).stat().st_size for f in weights),
             files=tuple(files),
+            card_data=read_card_data(self.path / "README.md"),
         )
 
     def fetch(self, workdir: Path, events: EventStream) -> Path:
         return self.path
 
 
-def open_source(ref: str) -> Source:
-    """A folder path becomes a LocalSource (Hub repo ids are added by the Hub module)."""
-    return LocalSource(ref)
+class HubSource:
+    """A model repo on the Hub: inspected through the API, then only the needed files are downloaded."""
+
+    def __init__(self, repo_id: str, revision: str | None, hub: Hub):
+        self.repo_id, self.revision, self.hub = repo_id, revision, hub
+        self._info: SourceInfo | None = None
+
+    def inspect(self) -> SourceInfo:
+        where = f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+        sha = self.hub.repo_sha(self.repo_id, self.revision)
+        sizes = self.hub.file_sizes(self.repo_id, sha)
+        files = sorted(sizes)
+        weights = check_files(files, where)
+        with tempfile.TemporaryDirectory(prefix="quantizer-preflight-") as tmp:
+            config_path = self.hub.download_file(self.repo_id, sha, "config.json", Path(tmp))
+            config = read_config(config_path, where) if config_path else {}
+            card_path = (
+                self.hub.download_file(self.repo_id, sha, "README.md", Path(tmp)) if "README.md" in files else None
+            )
+            card_data = read_card_data(card_path) if card_path else {}
+        architecture, model_type = check_config(config, where)
+        self._info = SourceInfo(
+            ref=where,
+            name=self.repo_id.split("/")[1],
+            config=config,
+            architecture=architecture,
+            model_type=model_type,
+            weight_files=tuple(weights),
+            weight_bytes=sum(sizes[f] for f in weights),
+            revision=sha,
+            repo_id=self.repo_id,
+            files=tuple(files),
+            card_data=card_data,
+        )
+        return self._info
+
+    def fetch(self, workdir: Path, events: EventStream) -> Path:
+        info = self._info or self.inspect()
+        events.log(
+            f"downloading {len(info.needed_files)} files ({info.weight_bytes / 1e6:.1f} MB of weights) "
+            f"from {self.repo_id}@{info.revision[:8]}"
+        )
+        return self.hub.download(self.repo_id, info.revision, info.needed_files, workdir / "source")
+
+
+def read_config(path: Path, where: str) -> dict:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{where}: config.json cannot be read ({exc}); fix or re-save it.") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{where}: config.json is not a JSON object; fix or re-save it.")
+    return config
+
+
+def read_card_data(path: Path) -> dict:
+    """The YAML header of a model card, or {} when there is none or it does not parse."""
+    if not Path(path).is_file():
+        return {}
+    try:
+        return metadata_load(path) or {}
+    except Exception:  # a broken card must not block quantization; the new card just copies less
+        return {}
+
+
+def parse_repo_ref(ref: str) -> tuple[str, str | None] | None:
+    """`namespace/name[@revision]` -> (repo_id, revision); None when `ref` is not shaped like a repo id."""
+    match = REPO_REF.match(ref.strip())
+    return (match["repo"], match["revision"]) if match else None
+
+
+def open_source(ref: str, hub: Hub | None = None) -> Source:
+    """An existing folder is a LocalSource; `namespace/name[@rev]` a HubSource; anything else a (missing) folder."""
+    path = Path(ref).expanduser()
+    parsed = parse_repo_ref(ref)
+    if path.exists() or parsed is None or ref.startswith((".", "/", "~")):
+        return LocalSource(path)
+    if hub is None:
+        from .hub import Hub
+
+        hub = Hub(None)
+    return HubSource(parsed[0], parsed[1], hub)

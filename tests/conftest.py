@@ -1,22 +1,55 @@
-"""Shared fixtures: the bundled real model, tiny random models, and quiet, offline libraries."""
+"""Shared fixtures: the loopback Hub, the bundled real model, tiny random models, quiet offline libraries.
+
+The loopback Hub starts here, at import, because huggingface_hub reads HF_ENDPOINT when it is
+first imported (transformers and gradio import it too).
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
-os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from tests.support.hub_server import HubServer
 
-from pathlib import Path
+HUB = HubServer().start()
+os.environ.update(
+    HF_ENDPOINT=HUB.endpoint,
+    HF_HUB_DISABLE_XET="1",
+    HF_HOME=tempfile.mkdtemp(prefix="quantizer-test-hf-home-"),
+    HF_HUB_DISABLE_TELEMETRY="1",
+    GRADIO_ANALYTICS_ENABLED="False",
+    QUANTIZER_HUB_BACKOFF="0.05",
+    TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1",
+)
+os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's own token must never be used
 
-import pytest
+from pathlib import Path  # noqa: E402
 
-from quantizer.cli import quiet_libraries
-from quantizer.demo import prepare
-from tests.support.models import DEFAULT_SHAPE, TinyShape, build_tiny_smollm3
+import pytest  # noqa: E402
+
+from quantizer.cli import quiet_libraries  # noqa: E402
+from quantizer.demo import prepare  # noqa: E402
+from tests.support.models import DEFAULT_SHAPE, TinyShape, build_tiny_smollm3  # noqa: E402
 
 quiet_libraries()
+
+ALICE = "hf_alice_WRITE_9f8e7d6c5b4a39281706"  # writes to alice/ and acme/
+BOB = "hf_bob_READONLY_1a2b3c4d5e6f70819"  # a read-only token
+CAROL = "hf_carol_WRITE_0a1b2c3d4e5f6a7b8"  # has not accepted gated licenses
+HUB.state.add_user(ALICE, "alice", ("acme",))
+HUB.state.add_user(BOB, "bob", role="read")
+HUB.state.add_user(CAROL, "carol")
+
+
+@pytest.fixture(scope="session")
+def hub() -> HubServer:
+    return HUB
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_faults():
+    yield
+    HUB.state.clear_faults()
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
         assert result["status"] == "ok" and result["output_dir"] == str(out)
         assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
         assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
+        assert result["torchao_config"] in (out / "README.md").read_text()
         assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "torchao"
 
         model = AutoModelForCausalLM.from_pretrained(out)  # stock transformers, nothing of ours
@@ -70,7 +71,7 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
         assert result["output_bytes"] > 0 and result["size_ratio"] == pytest.approx(
             result["output_bytes"] / result["source_bytes"]
         )
-        assert set(result["seconds"]) == {"quantize", "save", "verify"}
+        assert set(result["seconds"]) == {"quantize", "save", "verify", "card"}
         assert result["peak_rss_bytes"] > 0
     # the default group size 128 is lowered to the largest standard size that divides every width, and says so
     expected = {64: 64, 96: 32, 128: 128}[shape.hidden]

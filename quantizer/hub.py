@@ -1,0 +1,235 @@
+"""Everything that talks to the Hub: identity, source inspection and download, and the single-commit push.
+
+Errors come back as `QuantizerError`s with sentences a user can act on (sign in, accept the
+license, the token is invalid). Transient failures (429, 5xx, dropped connections) are retried
+with exponential backoff a bounded number of times; permanent ones (401, 403, 404) are not.
+The token is given to the client and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx2
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .errors import InputError, QuantizerError, SourceError
+from .events import EventStream
+
+T = TypeVar("T")
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+NETWORK_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
+
+
+class HubError(QuantizerError):
+    """The Hub refused or failed an operation."""
+
+
+class AuthError(InputError):
+    """The token is missing, invalid, or lacks a permission."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the token belongs to and where it may write."""
+
+    name: str
+    orgs: tuple[str, ...]
+    can_write: bool
+
+    @property
+    def namespaces(self) -> tuple[str, ...]:
+        return (self.name, *self.orgs)
+
+
+def endpoint() -> str:
+    return constants.ENDPOINT.rstrip("/")
+
+
+def repo_url(repo_id: str) -> str:
+    return f"{endpoint()}/{repo_id}"
+
+
+def retry_settings() -> tuple[int, float]:
+    """Attempts and first delay; the delay doubles each time (tests shorten it with an env variable)."""
+    return int(os.environ.get("QUANTIZER_HUB_ATTEMPTS", "4")), float(os.environ.get("QUANTIZER_HUB_BACKOFF", "1.0"))
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, NETWORK_ERRORS):
+        return True
+    response = getattr(exc, "response", None)
+    return isinstance(exc, HfHubHTTPError) and response is not None and response.status_code in TRANSIENT_STATUS
+
+
+def status_of(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+class Hub:
+    """A thin, typed layer over HfApi for one job and one token."""
+
+    def __init__(self, token: str | None, events: EventStream | None = None):
+        # False, not None: with no token given we must not fall back to a token from the environment
+        # (on a public Space that would be the owner's).
+        self._token: str | bool = token or False
+        self.api = HfApi(token=self._token)
+        self.events = events or EventStream()
+
+    # --- retries and error translation -----------------------------------------------------------------------
+    def call(self, what: str, fn: Callable[[], T], repo_id: str | None = None) -> T:
+        attempts, delay = retry_settings()
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except Exception as exc:
+                if is_transient(exc) and attempt < attempts:
+                    code = status_of(exc) or type(exc).__name__
+                    self.events.warn(
+                        f"the Hub answered {code} while {what}; retrying in {delay:.1f}s "
+                        f"(attempt {attempt + 1} of {attempts})"
+                    )
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise self.translate(exc, what, repo_id, attempts if is_transient(exc) else 1) from exc
+        raise AssertionError("unreachable")
+
+    def translate(self, exc: Exception, what: str, repo_id: str | None, tries: int) -> QuantizerError:
+        if isinstance(exc, QuantizerError):
+            return exc
+        repo = repo_id or "the repository"
+        status = status_of(exc)
+        if isinstance(exc, GatedRepoError):
+            return SourceError(
+                f"{repo} is gated: accept the license at {repo_url(repo)} and use a token "
+                "whose account has accepted it."
+            )
+        if isinstance(exc, RevisionNotFoundError):
+            return SourceError(
+                f"{repo} has no revision by that name: check the @revision (a branch, tag or commit hash)."
+            )
+        if isinstance(exc, RepositoryNotFoundError):
+            return SourceError(
+                f"{repo} was not found on {endpoint()}; if it is private, sign in or pass a token with read access."
+            )
+        if status == 401:  # typed not-found errors come first: the Hub answers 401 for a missing repo too
+            return AuthError(
+                f"the token is invalid or expired: create a new one at {endpoint()}/settings/tokens "
+                "and pass it with --token or HF_TOKEN (or sign in again)."
+            )
+        if status == 403:
+            return AuthError(
+                f"the token may not do this ({what}): use a token with write access to the target namespace."
+            )
+        if is_transient(exc):
+            code = f"HTTP {status}" if status else type(exc).__name__
+            return HubError(f"the Hub did not answer while {what} ({code}) after {tries} tries; try again later.")
+        return HubError(f"the Hub refused {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+
+    # --- identity --------------------------------------------------------------------------------------------
+    def whoami(self) -> Identity:
+        if not self._token:
+            raise AuthError(
+                "pushing to the Hub needs a token with write access: pass --token, set HF_TOKEN or "
+                "sign in; or use --save-only to keep the output on this machine."
+            )
+        data = self.call("checking the token", lambda: self.api.whoami())
+        role = ((data.get("auth") or {}).get("accessToken") or {}).get("role")
+        orgs = tuple(o["name"] for o in data.get("orgs") or [])
+        return Identity(data["name"], orgs, role in (None, "write", "admin", "fineGrained"))
+
+    # --- source ----------------------------------------------------------------------------------------------
+    def repo_sha(self, repo_id: str, revision: str | None) -> str:
+        info = self.call("reading the source repo", lambda: self.api.model_info(repo_id, revision=revision), repo_id)
+        return info.sha
+
+    def file_sizes(self, repo_id: str, revision: str) -> dict[str, int]:
+        entries = self.call(
+            "listing the source files",
+            lambda: list(self.api.list_repo_tree(repo_id, revision=revision, recursive=True)),
+            repo_id,
+        )
+        return {e.path: e.size for e in entries if getattr(e, "size", None) is not None and hasattr(e, "blob_id")}
+
+    def download_file(self, repo_id: str, revision: str, filename: str, local_dir: Path) -> Path | None:
+        """One small file (config, card); None when the repo does not have it."""
+
+        def get() -> str:
+            return self.api.hf_hub_download(repo_id, filename, revision=revision, local_dir=local_dir)
+
+        try:
+            return Path(self.call(f"downloading {filename}", get, repo_id))
+        except SourceError:
+            raise
+        except QuantizerError as exc:
+            if isinstance(exc.__cause__, EntryNotFoundError):
+                return None
+            raise
+
+    def download(self, repo_id: str, revision: str, files: list[str], local_dir: Path) -> Path:
+        self.call(
+            "downloading the model",
+            lambda: snapshot_download(
+                repo_id, revision=revision, allow_patterns=files, local_dir=local_dir, token=self._token
+            ),
+            repo_id,
+        )
+        return local_dir
+
+    # --- target ----------------------------------------------------------------------------------------------
+    def exists(self, repo_id: str) -> bool:
+        return self.call("checking the target", lambda: self.api.repo_exists(repo_id), repo_id)
+
+    def push(
+        self, folder: Path, repo_id: str, *, private: bool, message: str, description: str, replace: bool
+    ) -> tuple[str, str]:
+        """Create the repo (only now) and upload everything in one commit; delete a repo we created if that fails.
+
+        Returns (url, commit oid).
+        """
+        created = False
+        try:
+            if not (replace and self.exists(repo_id)):
+                self.call(
+                    "creating the target repo",
+                    lambda: self.api.create_repo(repo_id, private=private, exist_ok=False),
+                    repo_id,
+                )
+                created = True
+            commit = self.call(
+                "uploading",
+                lambda: self.api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=folder,
+                    commit_message=message,
+                    commit_description=description,
+                    delete_patterns=["*"] if replace else None,
+                ),
+                repo_id,
+            )
+        except BaseException:
+            if created:
+                self.remove_half_made(repo_id)
+            raise
+        return repo_url(repo_id), commit.oid
+
+    def remove_half_made(self, repo_id: str) -> None:
+        try:
+            self.call("removing the half-made target repo", lambda: self.api.delete_repo(repo_id), repo_id)
+            self.events.warn(f"the push failed; the repo {repo_id} that this job had created was deleted again")
+        except QuantizerError as exc:
+            self.events.warn(f"the push failed and {repo_id} could not be deleted ({exc}); delete it by hand")
