@@ -15,7 +15,7 @@ from typing import TextIO
 
 from . import recipes
 from .errors import InputError, QuantizerError
-from .events import Event, EventStream
+from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
 from .report import results_table
 from .verify import DEFAULT_EVAL_TOKENS
@@ -85,31 +85,17 @@ class ConsolePrinter:
         self._bar_open = False
 
     def __call__(self, event: Event) -> None:
-        prefix = f"[{event.quant_type}] " if event.quant_type else ""
-        if event.kind == "progress":
-            self._progress(prefix, event)
-            return
-        self._end_bar()
-        if event.kind == "stage_start":
-            self._line(f"{prefix}▶ {event.message}")
-        elif event.kind == "stage_end":
-            self._line(f"{prefix}{'✓' if (event.data or {}).get('ok') else '✗'} {event.message}")
-        elif event.kind == "warning":
-            self._line(f"{prefix}! {event.message}")
-        elif event.kind == "error":
-            self._line(f"{prefix}✗ {event.message}")
-        elif event.kind == "log":
-            self._line(f"{prefix}  {event.message}")
-
-    def _progress(self, prefix: str, event: Event) -> None:
-        fraction = event.fraction or 0.0
-        if self.tty:
-            filled = int(fraction * 24)
+        if event.kind == "progress" and self.tty:
+            prefix = f"[{event.quant_type}] " if event.quant_type else ""
+            filled = int((event.fraction or 0.0) * 24)
             self.stream.write(f"\r{prefix}  {event.stage} [{'#' * filled}{'.' * (24 - filled)}] {event.message}")
             self.stream.flush()
             self._bar_open = True
-        elif fraction >= 1.0:
-            self._line(f"{prefix}  {event.stage} {event.message}")
+            return
+        line = format_line(event)
+        if line is not None:
+            self._end_bar()
+            self._line(line)
 
     def _end_bar(self) -> None:
         if self._bar_open:

@@ -33,6 +33,19 @@ class Event:
 
 
 Sink = Callable[[Event], None]
+MARKS = {"stage_start": "▶", "warning": "!", "error": "✗", "log": " "}
+
+
+def format_line(event: Event) -> str | None:
+    """One log line for an event, as the CLI and the Space show it; None for events that are not lines
+    (results, and progress short of completion)."""
+    prefix = f"[{event.quant_type}] " if event.quant_type else ""
+    if event.kind == "progress":
+        return f"{prefix}  {event.stage} {event.message}" if (event.fraction or 0) >= 1.0 else None
+    if event.kind == "stage_end":
+        return f"{prefix}{'✓' if (event.data or {}).get('ok') else '✗'} {event.message}"
+    mark = MARKS.get(event.kind)
+    return f"{prefix}{mark} {event.message}" if mark else None
 
 
 class EventStream:

@@ -1,0 +1,183 @@
+"""The Space: the `quantize` API through gradio_client, the page in headless Chromium, and sign-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from gradio_client import Client
+from huggingface_hub import HfApi
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from quantizer.verify import build_eval_data, default_eval_text
+from tests.conftest import ALICE
+from tests.support.app_server import ROOT, AppServer
+from tests.support.hub_repos import upload_model, variant
+
+SOURCE = "alice/ui-source"
+AUTO = "auto (128, lowered to fit the model)"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def ui_source(hub, tiny_model, tmp_path_factory) -> str:
+    folder = variant(tiny_model(), tmp_path_factory.mktemp("ui-upload") / "m")
+    upload_model(HfApi(token=ALICE), SOURCE, folder)
+    return SOURCE
+
+
+@pytest.fixture(scope="module")
+def app(hub, tmp_path_factory):
+    base = tmp_path_factory.mktemp("app")
+    server = AppServer(base / "app.log", env={"QUANTIZER_OUTPUT_ROOT": str(base / "saved")}).start()
+    yield server
+    server.stop()
+    assert ALICE not in (base / "app.log").read_text(), "the token reached the server log"
+
+
+def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
+    client = Client(app.url, verbose=False)
+    job = client.submit(
+        ui_source, ["int8_weight_only"], AUTO, "ui-int8", "alice", False, False, False, ALICE, api_name="/quantize"
+    )
+    updates = [update for update in job]
+    status, log, results, _chart, samples, report = job.result()
+    assert len(updates) > 2 and all(u[0].startswith("⏳") for u in updates[:-1])
+    assert len(updates[0][1].splitlines()) < len(log.splitlines())  # the log grew while the job ran
+    assert status.startswith("✅ done") and f"{hub.endpoint}/alice/ui-int8" in status
+    assert "▶ quantizing with Int8WeightOnlyConfig" in log and "pushed" in log
+    assert results["data"][0][2] == f"[alice/ui-int8]({hub.endpoint}/alice/ui-int8)"
+    assert "**Prompt:**" in samples
+    assert ALICE not in json.dumps(updates, ensure_ascii=False)
+
+    result = report["results"][0]
+    model = AutoModelForCausalLM.from_pretrained("alice/ui-int8")
+    tokenizer = AutoTokenizer.from_pretrained("alice/ui-int8")
+    data = build_eval_data(tokenizer, default_eval_text())
+    with torch.no_grad():
+        ref = AutoModelForCausalLM.from_pretrained(ui_source)(data.batch).logits.float()
+        got = model(data.batch).logits.float()
+    assert ((got - ref).norm() / ref.norm()).item() == pytest.approx(result["verify"]["logits_rel_err"], rel=1e-4)
+
+
+def test_api_bad_input_gives_the_cli_sentence_not_a_trace(app):
+    client = Client(app.url, verbose=False)
+    status, log, *_ = client.predict(
+        "alice/does-not-exist",
+        ["int8_weight_only"],
+        AUTO,
+        "",
+        "alice",
+        False,
+        False,
+        False,
+        ALICE,
+        api_name="/quantize",
+    )
+    assert status.startswith("❌ alice/does-not-exist was not found")
+    assert "if it is private, sign in or pass a token with read access" in status
+    assert "Traceback" not in log
+
+
+def test_api_save_on_the_space_only(app, ui_source, hub):
+    client = Client(app.url, verbose=False)
+    repos_before = set(hub.state.repos)
+    status, _log, _results, _chart, _samples, report = client.predict(
+        ui_source, ["int8_dynamic"], AUTO, "kept-here", "", False, False, True, "", api_name="/quantize"
+    )
+    assert status.startswith("✅ done"), status
+    out = Path(report["results"][0]["output_dir"])
+    assert (out / "model.safetensors").is_file() and out.name == "kept-here"
+    assert set(hub.state.repos) == repos_before
+
+
+def test_page_runs_a_job_end_to_end_in_chromium(app, ui_source, hub):
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(app.url)
+        page.locator("#source textarea, #source input").first.fill(ui_source)
+        expect(page.locator("#target-name textarea, #target-name input").first).to_have_value(
+            "ui-source-torchao-int8wo", timeout=15_000
+        )
+        page.get_by_label("Hugging Face token").fill(ALICE)
+        page.get_by_label("Hugging Face token").blur()
+        page.locator("#target-name textarea, #target-name input").first.fill("ui-browser")
+        page.screenshot(path=str(SCREENSHOTS / "1-form.png"), full_page=True)
+        page.locator("#run").click()
+        log = page.locator("#log textarea")
+        expect(log).to_have_value(re.compile("job started"), timeout=5_000)
+        expect(log).to_have_value(re.compile("▶ checking alice/ui-source"), timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "2-running.png"), full_page=True)
+        expect(page.locator("#status")).to_contain_text("✅ done", timeout=180_000)
+        link = page.locator("#results a", has_text="ui-browser")
+        expect(link.first).to_have_attribute("href", f"{hub.endpoint}/{'alice/ui-browser'}")
+        page.wait_for_timeout(3000)
+        page.screenshot(path=str(SCREENSHOTS / "3-done.png"), full_page=True)
+        assert ALICE not in page.content()
+
+        page.goto(app.url)
+        page.locator("#source textarea, #source input").first.fill("alice/no-such-model")
+        page.get_by_label("Hugging Face token").fill(ALICE)
+        page.locator("#run").click()
+        expect(page.locator("#status")).to_contain_text("alice/no-such-model was not found", timeout=60_000)
+        page.screenshot(path=str(SCREENSHOTS / "4-bad-input.png"), full_page=True)
+        assert "Traceback" not in page.content()
+        browser.close()
+    assert HfApi(token=ALICE).repo_exists("alice/ui-browser")
+
+
+SIGN_IN_PROBE = textwrap.dedent("""
+    import json, sys
+    from ui.app import build_app
+    app = build_app()
+    config = app.get_config_file()
+    props = [c.get("props", {}) for c in config["components"]]
+    login = any(p.get("value") == "Sign in with Hugging Face" for p in props)
+    token = next(p for p in props if p.get("label") == "Hugging Face token")
+    print(json.dumps({"login": login, "token_visible": token.get("visible", True),
+                      "oauth": app.expects_oauth}))
+""")
+
+
+@pytest.mark.parametrize("on_space", [True, False], ids=["on-a-space", "elsewhere"])
+def test_sign_in_button_on_a_space_token_field_elsewhere(on_space, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPACE_", "OAUTH_", "OPENID_", "SYSTEM"))}
+    if on_space:
+        env.update(
+            SYSTEM="spaces",
+            SPACE_ID="someone/torchao-quantizer",
+            OAUTH_CLIENT_ID="test-client",
+            OAUTH_CLIENT_SECRET="test-secret",
+            OAUTH_SCOPES="openid profile read-repos write-repos",
+            OPENID_PROVIDER_URL="http://127.0.0.1:9",
+        )
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGN_IN_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe == {"login": on_space, "token_visible": not on_space, "oauth": on_space}

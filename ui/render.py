@@ -1,0 +1,71 @@
+"""Turn a report into what the page shows: a results table, a size chart, side-by-side samples."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from quantizer.report import Report, human_bytes
+from quantizer.verify import SAMPLE_PROMPT
+
+RESULT_COLUMNS = [
+    "type",
+    "status",
+    "target",
+    "size",
+    "ratio",
+    "ppl source",
+    "ppl quantized",
+    "ppl Δ",
+    "top-1",
+    "time (s)",
+]
+
+
+def results_frame(report: Report | None) -> pd.DataFrame:
+    rows = []
+    for r in report.results if report else []:
+        v = r.verify
+        target = f"[{r.target_repo}]({r.url})" if r.url else (r.output_dir or r.target_repo or "")
+        rows.append(
+            [
+                r.quant_type,
+                "✅ ok" if r.ok else f"❌ {r.error}",
+                target,
+                human_bytes(r.output_bytes),
+                f"{r.size_ratio:.1%}" if r.size_ratio is not None else "",
+                f"{v.ppl_source:.2f}" if v else "",
+                f"{v.ppl_quantized:.2f}" if v else "",
+                f"{v.ppl_delta_pct:+.2f}%" if v else "",
+                f"{v.top1_agreement:.1%}" if v else "",
+                f"{sum(r.seconds.values()):.1f}",
+            ]
+        )
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def sizes_frame(report: Report | None) -> pd.DataFrame:
+    """Megabytes of weights per model, the source first."""
+    if not report or not report.results:
+        return pd.DataFrame({"model": [], "MB": []})
+    source_bytes = report.results[0].source_bytes or 0
+    rows = [("source", source_bytes / 1e6)]
+    rows += [(r.quant_type, r.output_bytes / 1e6) for r in report.results if r.output_bytes]
+    return pd.DataFrame(rows, columns=["model", "MB"])
+
+
+def samples_markdown(report: Report | None) -> str:
+    if not report or report.sample_source is None:
+        return ""
+    lines = [
+        f"**Prompt:** {SAMPLE_PROMPT}",
+        "",
+        "| model | answer (greedy) |",
+        "|---|---|",
+        f"| source | {one_line(report.sample_source)} |",
+    ]
+    lines += [f"| {r.quant_type} | {one_line(r.verify.sample)} |" for r in report.results if r.verify]
+    return "\n".join(lines)
+
+
+def one_line(text: str) -> str:
+    return (text or "(no text)").replace("\n", " ").replace("|", "\\|")
