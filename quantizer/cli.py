@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_EVAL_TOKENS,
         help=f"tokens of eval text used for perplexity (default {DEFAULT_EVAL_TOKENS})",
     )
+    p.add_argument("--no-tracking", action="store_true", help="do not record the job in Trackio")
+    p.add_argument(
+        "--trackio-project", default=None, help="Trackio project (default: $QUANTIZER_TRACKIO_PROJECT or 'quantizer')"
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -129,6 +133,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         eval_text=args.eval_text,
         eval_tokens=args.eval_tokens,
         debug=args.debug,
+        track=not args.no_tracking,
+        trackio_project=args.trackio_project,
     )
 
 
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print("\n" + results_table(report), file=sys.stderr)
+    if report.tracking:
+        print(f"recorded in {report.tracking}", file=sys.stderr)
     if args.json:
         print(report.to_json())
     failed = [r for r in report.results if not r.ok]

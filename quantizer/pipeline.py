@@ -25,6 +25,7 @@ from .naming import split_repo_id, target_for
 from .recipes import DEFAULT_GROUP_SIZE, Recipe
 from .report import RecipeResult, Report, config_repr
 from .source import Source, SourceInfo, open_source
+from .tracking import Tracker
 from .verify import (
     DEFAULT_EVAL_TOKENS,
     EvalData,
@@ -57,6 +58,8 @@ class JobSpec:
     eval_text: Path | None = None
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
+    track: bool = True  # record each type as a Trackio run
+    trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
 
     @property
     def push(self) -> bool:
@@ -166,6 +169,8 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
     events = events or EventStream()
     events.add_secret(spec.token)
     hub = Hub(spec.token, events)
+    tracker = Tracker(events, spec.trackio_project, enabled=spec.track)
+    events.subscribe(tracker)
     workdir = Path(tempfile.mkdtemp(prefix="quantizer-job-"))
     try:
         with events.stage("preflight", f"checking {spec.source}"):
@@ -181,12 +186,13 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         report.ppl_source, report.sample_source = reference.ppl, reference.sample
         report.seconds = events.seconds_for(None)
         for recipe in plan.recipes:
-            job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events)
+            job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events, tracker)
             result = job.run(data, reference)
             report.results.append(result)
             events.emit(
                 Event("result", f"{recipe.name}: {result.status}", quant_type=recipe.name, data={"result": result})
             )
+        report.tracking = tracker.where() if tracker.recorded and tracker.enabled else None
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return report
@@ -203,6 +209,7 @@ class RecipeJob:
     workdir: Path
     hub: Hub
     events: EventStream
+    tracker: Tracker
 
     def run(self, data: EvalData, reference: Figures) -> RecipeResult:
         plan, recipe, events = self.plan, self.recipe, self.events
@@ -219,6 +226,7 @@ class RecipeJob:
             notes=list(plan.notes) if recipe.uses_group_size else [],
         )
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
+        self.tracker.start(plan.info, result, plan.hardware.name)
         peak = PeakRSS()
         peak.reset()
         staging = self.staging_folder()
@@ -250,6 +258,7 @@ class RecipeJob:
             shutil.rmtree(staging, ignore_errors=True)
             result.seconds = events.seconds_for(recipe.name)
             result.peak_rss_bytes = peak.peak_bytes()
+            self.tracker.finish(result)
         return result
 
     def staging_folder(self) -> Path:

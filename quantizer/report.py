@@ -71,6 +71,7 @@ class Report:
     ppl_source: float | None = None
     sample_source: str | None = None
     error: str | None = None  # a failure before any recipe ran
+    tracking: str | None = None  # where the Trackio runs were recorded
 
     @property
     def ok(self) -> bool:

@@ -19,6 +19,7 @@ os.environ.update(
     HF_HUB_DISABLE_TELEMETRY="1",
     GRADIO_ANALYTICS_ENABLED="False",
     QUANTIZER_HUB_BACKOFF="0.05",
+    TRACKIO_DIR=tempfile.mkdtemp(prefix="quantizer-test-trackio-"),
     TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1",
 )
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's own token must never be used

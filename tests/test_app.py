@@ -17,6 +17,7 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from quantizer.tracking import history
 from quantizer.verify import build_eval_data, default_eval_text
 from tests.conftest import ALICE
 from tests.support.app_server import ROOT, AppServer
@@ -60,6 +61,14 @@ def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
     assert ALICE not in json.dumps(updates, ensure_ascii=False)
 
     result = report["results"][0]
+    # the Space's job is a Trackio run with the report's figures, and the History tab lists it
+    run = next(r for r in history() if r.get("url") == result["url"])
+    assert run["status"] == "finished" and run["size_ratio"] == pytest.approx(result["size_ratio"])
+    assert run["ppl_quantized"] == pytest.approx(result["verify"]["ppl_quantized"])
+    rows = client.predict(api_name="/history")["data"]
+    row = next(r for r in rows if r[3] == f"[alice/ui-int8]({result['url']})")
+    assert row[2] == "int8_weight_only" and row[6] == "finished" and row[4] == f"{result['size_ratio']:.1%}"
+
     model = AutoModelForCausalLM.from_pretrained("alice/ui-int8")
     tokenizer = AutoTokenizer.from_pretrained("alice/ui-int8")
     data = build_eval_data(tokenizer, default_eval_text())
@@ -138,6 +147,12 @@ def test_page_runs_a_job_end_to_end_in_chromium(app, ui_source, hub):
         page.wait_for_timeout(3000)
         page.screenshot(path=str(SCREENSHOTS / "3-done.png"), full_page=True)
         assert ALICE not in page.content()
+        page.get_by_role("tab", name="History").click()
+        expect(page.locator("#history").get_by_role("link", name="alice/ui-browser").first).to_be_visible(
+            timeout=15_000
+        )
+        page.screenshot(path=str(SCREENSHOTS / "5-history.png"), full_page=True)
+        page.get_by_role("tab", name="Quantize").click()
 
         page.goto(app.url)
         page.locator("#source textarea, #source input").first.fill("alice/no-such-model")

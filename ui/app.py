@@ -19,6 +19,7 @@ from quantizer.report import Report, results_table
 from quantizer.source import parse_repo_ref
 
 from . import auth
+from .history import HISTORY_COLUMNS, dashboard_help, history_frame
 from .jobs import Finished, JobProgress, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
 
@@ -161,6 +162,11 @@ def refresh_namespaces(token: str, oauth_token: gr.OAuthToken | None = None):
     return gr.update(choices=choices, value=choices[0] if choices else None, info=note)
 
 
+def show_history():
+    """Past jobs from Trackio's store, newest first."""
+    return history_frame()
+
+
 def build_app() -> gr.Blocks:
     runnable, refused = type_choices()
     hardware = detect("auto")
@@ -181,57 +187,72 @@ def build_app() -> gr.Blocks:
                 visible=not auth.on_space(),
                 info="write access to the target namespace; never shown or stored",
             )
-        with gr.Row():
-            with gr.Column(scale=3):
-                source = gr.Textbox(
-                    label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
+        with gr.Tab("Quantize"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    source = gr.Textbox(
+                        label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
+                    )
+                    gr.Examples(EXAMPLE_SOURCES, inputs=source, label="Examples")
+                    quant_types = gr.CheckboxGroup(
+                        runnable,
+                        value=[runnable[0][1]] if runnable else [],
+                        label="Quantization types",
+                        elem_id="quant-types",
+                    )
+                    if refused:
+                        gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
+                    group_size = gr.Dropdown(
+                        [AUTO_GROUP, *map(str, GROUP_SIZES)], value=AUTO_GROUP, label="Group size (int4 types)"
+                    )
+                with gr.Column(scale=2):
+                    namespace = gr.Dropdown(
+                        [],
+                        label="Namespace",
+                        allow_custom_value=True,
+                        info="sign in or give a token to choose where to push",
+                    )
+                    target_name = gr.Textbox(
+                        label="Target name", elem_id="target-name", info="several types each add their suffix"
+                    )
+                    private = gr.Checkbox(label="Private repo")
+                    overwrite = gr.Checkbox(label="Overwrite an existing repo")
+                    save_only = gr.Checkbox(label="Save on the Space only (no push)", elem_id="save-only")
+                    run_button = gr.Button("Quantize", variant="primary", elem_id="run")
+            status = gr.Markdown(elem_id="status")
+            log = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
+            with gr.Row():
+                results = gr.Dataframe(
+                    headers=RESULT_COLUMNS,
+                    label="Results",
+                    elem_id="results",
+                    datatype=["str", "str", "markdown", *["str"] * 7],
+                    wrap=True,
                 )
-                gr.Examples(EXAMPLE_SOURCES, inputs=source, label="Examples")
-                quant_types = gr.CheckboxGroup(
-                    runnable,
-                    value=[runnable[0][1]] if runnable else [],
-                    label="Quantization types",
-                    elem_id="quant-types",
-                )
-                if refused:
-                    gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
-                group_size = gr.Dropdown(
-                    [AUTO_GROUP, *map(str, GROUP_SIZES)], value=AUTO_GROUP, label="Group size (int4 types)"
-                )
-            with gr.Column(scale=2):
-                namespace = gr.Dropdown(
-                    [],
-                    label="Namespace",
-                    allow_custom_value=True,
-                    info="sign in or give a token to choose where to push",
-                )
-                target_name = gr.Textbox(
-                    label="Target name", elem_id="target-name", info="several types each add their suffix"
-                )
-                private = gr.Checkbox(label="Private repo")
-                overwrite = gr.Checkbox(label="Overwrite an existing repo")
-                save_only = gr.Checkbox(label="Save on the Space only (no push)", elem_id="save-only")
-                run_button = gr.Button("Quantize", variant="primary", elem_id="run")
-        status = gr.Markdown(elem_id="status")
-        log = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
-        with gr.Row():
-            results = gr.Dataframe(
-                headers=RESULT_COLUMNS,
-                label="Results",
-                elem_id="results",
-                datatype=["str", "str", "markdown", *["str"] * 7],
+            with gr.Row():
+                chart = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
+                samples = gr.Markdown(elem_id="samples")
+            with gr.Accordion("Report (JSON)", open=False):
+                report = gr.JSON()
+
+        with gr.Tab("History", elem_id="history-tab") as history_tab:
+            gr.Markdown(dashboard_help())
+            history = gr.Dataframe(
+                headers=HISTORY_COLUMNS,
+                label="Past jobs, newest first",
+                elem_id="history",
+                datatype=["str", "str", "str", "markdown", "str", "str", "str"],
                 wrap=True,
             )
-        with gr.Row():
-            chart = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
-            samples = gr.Markdown(elem_id="samples")
-        with gr.Accordion("Report (JSON)", open=False):
-            report = gr.JSON()
+            refresh = gr.Button("Refresh", elem_id="history-refresh")
 
         for trigger in (source.change, quant_types.change):
             trigger(suggested_name, [source, quant_types], target_name, api_name=False, show_progress="hidden")
         token.blur(refresh_namespaces, token, namespace, api_name=False)
         app.load(refresh_namespaces, token, namespace, api_name=False)
+        for trigger in (history_tab.select, refresh.click):
+            trigger(show_history, None, history, api_name=False)
+        app.load(show_history, None, history, api_name="history")
         run_button.click(
             quantize,
             [source, quant_types, group_size, target_name, namespace, private, overwrite, save_only, token],
