@@ -8,6 +8,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from . import int4
 from .hub import repo_url
 from .recipes import Recipe
 from .report import RecipeResult, human_bytes
@@ -37,6 +38,8 @@ def reproduce_command(info: SourceInfo, result: RecipeResult) -> str:
     parts = ["python", "-m", "quantizer", source, result.target_repo or "TARGET", "--quant-type", result.quant_type]
     if result.group_size:
         parts += ["--group-size", str(result.group_size)]
+    if result.int4_method:
+        parts += ["--int4-method", result.int4_method]
     if result.device:
         parts += ["--device", result.device]
     return shlex.join(parts)
@@ -61,6 +64,8 @@ def render(
         description=recipe.description,
         torchao_config=result.torchao_config,
         group_size=result.group_size,
+        int4_method=result.int4_method,
+        int4_method_text=int4.METHODS.get(result.int4_method or "", ""),
         format=result.format,
         made_on=made_on,
         runs_on=runs_on,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from . import recipes
+from . import int4, recipes
 from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
@@ -46,6 +46,26 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"int4 group size: 32, 64, 128 or 256 (default {recipes.DEFAULT_GROUP_SIZE}, "
         "lowered automatically when it does not divide the model's widths)",
+    )
+    p.add_argument(
+        "--int4-method",
+        choices=tuple(int4.METHODS),
+        default=None,
+        help="how int4 weights are chosen for the Intx int4 types: rtn (torchao's round-to-nearest), "
+        "asym (float zero points, instant), gptq (calibrated, most accurate); default: gptq when "
+        "it fits in about 15 minutes here, else asym",
+    )
+    p.add_argument(
+        "--calibration-text",
+        type=Path,
+        default=None,
+        help="UTF-8 text for GPTQ calibration (default: the half of Python's pydoc topics not used for evaluation)",
+    )
+    p.add_argument(
+        "--calibration-tokens",
+        type=int,
+        default=int4.DEFAULT_CALIBRATION_TOKENS,
+        help=f"calibration tokens for GPTQ (default {int4.DEFAULT_CALIBRATION_TOKENS})",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
@@ -133,6 +153,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         eval_text=args.eval_text,
         eval_tokens=args.eval_tokens,
         debug=args.debug,
+        int4_method=args.int4_method,
+        calibration_text=args.calibration_text,
+        calibration_tokens=args.calibration_tokens,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
     )

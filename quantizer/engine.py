@@ -11,9 +11,11 @@ import torch
 from torchao.core.config import AOBaseConfig
 from torchao.utils import TorchAOBaseTensor
 from transformers import AutoConfig, AutoModelForCausalLM, TorchAoConfig
+from transformers.quantizers.auto import AutoHfQuantizer
 from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
+from . import int4
 from .errors import GroupSizeError, QuantizationError
 from .events import EventStream
 from .hardware import Hardware
@@ -34,17 +36,32 @@ class LayerCount:
     skipped: tuple[str, ...]  # Linear layers left in the source dtype (a tied or untied lm_head)
 
 
+@dataclass(frozen=True)
+class CustomInt4:
+    """int4 qparams computed here (asymmetric round-to-nearest or GPTQ) instead of torchao's round-to-nearest."""
+
+    method: str  # "asym" or "gptq"
+    group_size: int
+    dynamic_activations: bool
+    calibration: torch.Tensor | None = None  # token ids [rows, seq_len], for gptq
+
+
+def quantizable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
+    """The Linear layers TorchAoConfig quantizes: all but the output embedding (and anything tied to it)."""
+    keep = get_keys_to_not_convert(model)
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and should_convert_module(name, keep)
+    }
+
+
 def planned_linear_layers(config_dict: dict) -> list[LinearLayer]:
-    """The Linear layers TorchAoConfig will quantize, found from config.json alone on the meta device."""
+    """The Linear layers that will be quantized, found from config.json alone on the meta device."""
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    keep = get_keys_to_not_convert(model)
-    return [
-        LinearLayer(name, module.in_features, module.out_features)
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and should_convert_module(name, keep)
-    ]
+    return [LinearLayer(n, m.in_features, m.out_features) for n, m in quantizable_linears(model).items()]
 
 
 def choose_group_size(layers: list[LinearLayer], requested: int, explicit: bool) -> tuple[int, str | None]:
@@ -100,6 +117,37 @@ def copy_side_files(source_dir: Path, output_dir: Path) -> list[str]:
     return copied
 
 
+def quantize_custom_int4(
+    source_dir: Path,
+    torchao_config: AOBaseConfig,
+    custom: CustomInt4,
+    hardware: Hardware,
+    events: EventStream,
+    quant_type: str,
+) -> torch.nn.Module:
+    """Load the source in its dtype, compute int4 weights with `custom.method`, and install them as torchao
+    Intx tensors with the config that describes them, so save_pretrained writes a normal torchao checkpoint."""
+    model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device).eval()
+    linears = quantizable_linears(model)
+    g = custom.group_size
+    if custom.method == "gptq":
+        assert custom.calibration is not None, "gptq needs calibration tokens"
+
+        def progress(done: int, total: int) -> None:
+            events.progress("gptq", done, total, quant_type=quant_type)
+
+        quants = int4.gptq_model(model, list(linears), g, custom.calibration, progress)
+    else:
+        quants = {name: int4.quantize_asym(module.weight.data, g) for name, module in linears.items()}
+    for name, module in linears.items():
+        tensor = int4.intx_tensor(quants[name], g, module.weight.dtype, custom.dynamic_activations)
+        module.weight = torch.nn.Parameter(tensor, requires_grad=False)
+    quantization_config = TorchAoConfig(quant_type=torchao_config)
+    model.config.quantization_config = quantization_config
+    model.hf_quantizer = AutoHfQuantizer.from_config(quantization_config)
+    return model
+
+
 def quantize_and_save(
     source_dir: Path,
     output_dir: Path,
@@ -107,16 +155,25 @@ def quantize_and_save(
     hardware: Hardware,
     events: EventStream,
     quant_type: str,
+    custom: CustomInt4 | None = None,
 ) -> LayerCount:
-    """Load the source quantizing parameter by parameter, then save safetensors with save_pretrained."""
-    with events.stage("quantize", f"quantizing with {type(torchao_config).__name__}", quant_type=quant_type):
+    """Quantize the source and save safetensors with save_pretrained.
+
+    By default transformers' TorchAoConfig quantizes parameter by parameter while loading; with
+    `custom`, int4 weights are computed here (see quantizer.int4) and installed before saving.
+    """
+    how = f"{custom.method} int4" if custom else type(torchao_config).__name__
+    with events.stage("quantize", f"quantizing with {how}", quant_type=quant_type):
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                source_dir,
-                quantization_config=TorchAoConfig(quant_type=torchao_config),
-                dtype="auto",
-                device_map=hardware.device,
-            )
+            if custom:
+                model = quantize_custom_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source_dir,
+                    quantization_config=TorchAoConfig(quant_type=torchao_config),
+                    dtype="auto",
+                    device_map=hardware.device,
+                )
         except Exception as exc:
             raise QuantizationError(f"torchao could not quantize the model with {quant_type}: {exc}") from exc
         counts = count_linear_layers(model)

@@ -8,15 +8,18 @@ behind, and the next type still runs.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from . import card as model_card
+from . import int4, resources
 from . import recipes as recipe_registry
-from . import resources
-from .engine import choose_group_size, planned_linear_layers, quantize_and_save
+from .engine import CustomInt4, choose_group_size, planned_linear_layers, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizerError
 from .events import Event, EventStream
 from .hardware import Hardware, PeakRSS, detect
@@ -58,6 +61,9 @@ class JobSpec:
     eval_text: Path | None = None
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
+    int4_method: str | None = None  # rtn | asym | gptq; None: the best that fits the time budget here
+    calibration_text: Path | None = None  # for gptq; default: the half of pydoc topics not used for evaluation
+    calibration_tokens: int = int4.DEFAULT_CALIBRATION_TOKENS
     track: bool = True  # record each type as a Trackio run
     trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
 
@@ -83,10 +89,48 @@ class Plan:
     group_size: int
     notes: list[str]
     identity: Identity | None = None
+    int4_method: str | None = None  # for the types that store Intx int4 on this hardware
+
+    def custom_int4(self, recipe: Recipe) -> bool:
+        return self.int4_method in ("asym", "gptq") and self.hardware.device in recipe.intx_on
+
+
+def gptq_budget_seconds() -> float:
+    return float(os.environ.get("QUANTIZER_GPTQ_BUDGET", int4.DEFAULT_GPTQ_BUDGET_SECONDS))
+
+
+def choose_int4_method(
+    spec: JobSpec, recipes: list[Recipe], hardware: Hardware, config: dict
+) -> tuple[str | None, str]:
+    """The int4 method and a sentence saying why; GPTQ by default when it fits the time budget here."""
+    intx = [r for r in recipes if hardware.device in r.intx_on]
+    if spec.int4_method and spec.int4_method != "rtn" and not intx:
+        raise InputError(
+            f"--int4-method {spec.int4_method} computes portable Intx int4; on CUDA int4_weight_only "
+            "is written tile-packed with torchao's own qparams: use --int4-method rtn, or --device cpu."
+        )
+    if not intx:
+        return None, ""
+    if spec.int4_method:
+        return spec.int4_method, f"int4 method {spec.int4_method} (as asked)"
+    minutes = int4.estimated_gptq_seconds_from_config(config) / 60
+    budget = gptq_budget_seconds() / 60
+    if minutes <= budget:
+        return "gptq", f"int4 method gptq, the most accurate (about {minutes:.0f} min on 2 CPU cores)"
+    return "asym", (
+        f"int4 method asym: GPTQ would take about {minutes:.0f} min (more than {budget:.0f}); "
+        "pass --int4-method gptq to use it anyway"
+    )
 
 
 def check_options(spec: JobSpec) -> None:
     recipe_registry.check_group_size_value(spec.group_size or DEFAULT_GROUP_SIZE)
+    if spec.int4_method is not None and spec.int4_method not in int4.METHODS:
+        raise InputError(f"unknown int4 method '{spec.int4_method}': choose one of {', '.join(int4.METHODS)}.")
+    if spec.calibration_text and not Path(spec.calibration_text).is_file():
+        raise InputError(f"calibration text '{spec.calibration_text}' is not a file: give a UTF-8 text file.")
+    if spec.calibration_tokens < 256:
+        raise InputError("--calibration-tokens must be at least 256.")
     if spec.eval_tokens < 256:
         raise InputError("--eval-tokens must be at least 256 so perplexity means something.")
     if spec.eval_text and not Path(spec.eval_text).is_file():
@@ -129,6 +173,10 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         if note:
             notes.append(note)
             events.warn(note)
+    int4_method, why = choose_int4_method(spec, recipes, hardware, info.config)
+    if why:
+        notes.append(why)
+        events.log(why)
     for target in targets.values():
         if spec.local_dir is not None:
             out = local_folder(spec, target)
@@ -152,7 +200,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             output_dir=spec.local_dir,
         )
     )
-    return Plan(hardware, source, info, recipes, targets, group_size, notes, identity)
+    return Plan(hardware, source, info, recipes, targets, group_size, notes, identity, int4_method)
 
 
 def local_folder(spec: JobSpec, target: str) -> Path:
@@ -181,12 +229,21 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         with events.stage("fetch", "getting the model files"):
             source_dir = plan.source.fetch(workdir, events)
         text = Path(spec.eval_text).read_text(encoding="utf-8") if spec.eval_text else default_eval_text()
-        data = build_eval_data(load_tokenizer(source_dir), text, spec.eval_tokens)
+        tokenizer = load_tokenizer(source_dir)
+        data = build_eval_data(tokenizer, text, spec.eval_tokens)
+        calibration = None
+        if plan.int4_method == "gptq":
+            calibration_text = (
+                Path(spec.calibration_text).read_text(encoding="utf-8")
+                if spec.calibration_text
+                else int4.default_calibration_text()
+            )
+            calibration = int4.calibration_ids(tokenizer, calibration_text, spec.calibration_tokens)
         reference = reference_figures(source_dir, plan.hardware, data, events)
         report.ppl_source, report.sample_source = reference.ppl, reference.sample
         report.seconds = events.seconds_for(None)
         for recipe in plan.recipes:
-            job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events, tracker)
+            job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events, tracker, calibration)
             result = job.run(data, reference)
             report.results.append(result)
             events.emit(
@@ -210,10 +267,32 @@ class RecipeJob:
     hub: Hub
     events: EventStream
     tracker: Tracker
+    calibration: torch.Tensor | None = None
+
+    def custom_int4(self) -> CustomInt4 | None:
+        if not self.plan.custom_int4(self.recipe):
+            return None
+        return CustomInt4(
+            self.plan.int4_method, self.plan.group_size, self.recipe.dynamic_activations, self.calibration
+        )
+
+    def calibration_note(self) -> str:
+        where = (
+            Path(self.spec.calibration_text).name
+            if self.spec.calibration_text
+            else "the second half of Python's pydoc topics (disjoint from the evaluation text)"
+        )
+        tokens = self.calibration.numel() if self.calibration is not None else 0
+        return f"int4 qparams by GPTQ on {tokens} calibration tokens of {where}"
 
     def run(self, data: EvalData, reference: Figures) -> RecipeResult:
         plan, recipe, events = self.plan, self.recipe, self.events
-        config = recipe.config(plan.hardware, plan.group_size)
+        custom = self.custom_int4()
+        config = (
+            int4.declared_config(plan.group_size, recipe.dynamic_activations)
+            if custom
+            else recipe.config(plan.hardware, plan.group_size)
+        )
         result = RecipeResult(
             quant_type=recipe.name,
             suffix=recipe.suffix,
@@ -224,14 +303,17 @@ class RecipeJob:
             target_repo=plan.targets[recipe.name],
             source_bytes=plan.info.weight_bytes,
             notes=list(plan.notes) if recipe.uses_group_size else [],
+            int4_method=(custom.method if custom else "rtn") if recipe.uses_group_size else None,
         )
+        if custom and custom.method == "gptq":
+            result.notes.append(self.calibration_note())
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
         self.tracker.start(plan.info, result, plan.hardware.name)
         peak = PeakRSS()
         peak.reset()
         staging = self.staging_folder()
         try:
-            counts = quantize_and_save(self.source_dir, staging, config, plan.hardware, events, recipe.name)
+            counts = quantize_and_save(self.source_dir, staging, config, plan.hardware, events, recipe.name, custom)
             if counts.skipped:
                 result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
             result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)

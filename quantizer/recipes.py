@@ -44,6 +44,8 @@ class Recipe:
     uses_group_size: bool = False
     min_cuda_capability: tuple[int, int] | None = None
     formats: tuple[tuple[str, str], ...] = ()  # (device, what is stored and where it loads)
+    intx_on: tuple[str, ...] = ()  # devices where it stores Intx int4, whose qparams --int4-method can improve
+    dynamic_activations: bool = False
 
     def unsupported_reason(self, hardware: Hardware) -> str | None:
         """Why this recipe cannot run on `hardware`, or None when it can."""
@@ -101,6 +103,7 @@ RECIPES: dict[str, Recipe] = {
             "int4 weights in groups; tile-packed 4-bit on CUDA, portable Intx (one int4 per byte) on CPU",
             _int4_weight_only,
             uses_group_size=True,
+            intx_on=("cpu",),
             formats=(
                 (
                     "cuda",
@@ -121,6 +124,8 @@ RECIPES: dict[str, Recipe] = {
                 weight_dtype=torch.int4, weight_granularity=PerGroup(g)
             ),
             uses_group_size=True,
+            intx_on=("cpu", "cuda"),
+            dynamic_activations=True,
             formats=(
                 (
                     "any",

@@ -44,6 +44,7 @@ class RecipeResult:
     format: str | None = None
     device: str | None = None
     group_size: int | None = None
+    int4_method: str | None = None  # rtn | asym | gptq, for the int4 types
     target_repo: str | None = None
     output_dir: str | None = None
     url: str | None = None

@@ -48,7 +48,17 @@ def app(hub, tmp_path_factory):
 def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
     client = Client(app.url, verbose=False)
     job = client.submit(
-        ui_source, ["int8_weight_only"], AUTO, "ui-int8", "alice", False, False, False, ALICE, api_name="/quantize"
+        ui_source,
+        ["int8_weight_only"],
+        AUTO,
+        "auto",
+        "ui-int8",
+        "alice",
+        False,
+        False,
+        False,
+        ALICE,
+        api_name="/quantize",
     )
     updates = [update for update in job]
     status, log, results, _chart, samples, report = job.result()
@@ -84,6 +94,7 @@ def test_api_bad_input_gives_the_cli_sentence_not_a_trace(app):
         "alice/does-not-exist",
         ["int8_weight_only"],
         AUTO,
+        "auto",
         "",
         "alice",
         False,
@@ -101,9 +112,10 @@ def test_api_save_on_the_space_only(app, ui_source, hub):
     client = Client(app.url, verbose=False)
     repos_before = set(hub.state.repos)
     status, _log, _results, _chart, _samples, report = client.predict(
-        ui_source, ["int8_dynamic"], AUTO, "kept-here", "", False, False, True, "", api_name="/quantize"
+        ui_source, ["int4_weight_only"], AUTO, "asym", "kept-here", "", False, False, True, "", api_name="/quantize"
     )
     assert status.startswith("✅ done"), status
+    assert report["results"][0]["int4_method"] == "asym"
     out = Path(report["results"][0]["output_dir"])
     assert (out / "model.safetensors").is_file() and out.name == "kept-here"
     assert set(hub.state.repos) == repos_before

@@ -60,6 +60,10 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
         assert not isinstance(model.lm_head.weight, TorchAOBaseTensor)
         if shape.tied:
             assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        if RECIPES[result["quant_type"]].intx_on:  # the int4 types: GPTQ by default, float zero points kept
+            assert result["int4_method"] == "gptq"
+            weight = model.model.layers[0].mlp.down_proj.weight
+            assert weight.zero_point.dtype == torch.bfloat16 and weight.qdata.dtype == torch.int8
 
         with torch.no_grad():
             logits = model(data.batch).logits.float()

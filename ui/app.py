@@ -10,7 +10,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from quantizer import recipes
+from quantizer import int4, recipes
 from quantizer.events import Event, format_line
 from quantizer.hardware import detect
 from quantizer.pipeline import JobSpec
@@ -25,6 +25,8 @@ from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
+AUTO_METHOD = "auto (gptq when it fits in about 15 minutes here, else asym)"
+METHOD_CHOICES = [(AUTO_METHOD, "auto")] + [(f"{name}: {text}", name) for name, text in int4.METHODS.items()]
 OUTPUT_ROOT = Path(os.environ.get("QUANTIZER_OUTPUT_ROOT", "out/space"))
 LOG_INTERVAL = 0.25  # seconds between page updates while events stream in
 
@@ -55,6 +57,7 @@ def build_spec(
     source: str,
     types: list[str],
     group_size: str,
+    int4_method: str,
     target_name: str,
     namespace: str,
     private: bool,
@@ -69,6 +72,7 @@ def build_spec(
         target=target,
         quant_types=list(types or []),
         group_size=None if group_size in (None, "", AUTO_GROUP) else int(group_size),
+        int4_method=None if int4_method in (None, "", "auto") else int4_method,
         save_only=save_only,
         output_dir=OUTPUT_ROOT / uuid.uuid4().hex[:12] if save_only else None,
         overwrite=overwrite,
@@ -81,6 +85,7 @@ def quantize(
     source: str,
     quant_types: list[str],
     group_size: str,
+    int4_method: str,
     target_name: str,
     namespace: str,
     private: bool,
@@ -119,7 +124,9 @@ def quantize(
         yield view("❌ choose at least one quantization type.")
         return
     secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
-    spec = build_spec(source, quant_types, group_size, target_name, namespace, private, overwrite, save_only, secret)
+    spec = build_spec(
+        source, quant_types, group_size, int4_method, target_name, namespace, private, overwrite, save_only, secret
+    )
     log.append(
         stamp(
             f"job started: {spec.source} -> {', '.join(spec.quant_types)}"
@@ -205,6 +212,14 @@ def build_app() -> gr.Blocks:
                     group_size = gr.Dropdown(
                         [AUTO_GROUP, *map(str, GROUP_SIZES)], value=AUTO_GROUP, label="Group size (int4 types)"
                     )
+                    int4_method = gr.Dropdown(
+                        METHOD_CHOICES,
+                        value="auto",
+                        label="int4 method (int4 types stored as Intx)",
+                        info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
+                        "source; asym is instant; rtn is torchao's plain rounding",
+                        elem_id="int4-method",
+                    )
                 with gr.Column(scale=2):
                     namespace = gr.Dropdown(
                         [],
@@ -255,7 +270,18 @@ def build_app() -> gr.Blocks:
         app.load(show_history, None, history, api_name="history")
         run_button.click(
             quantize,
-            [source, quant_types, group_size, target_name, namespace, private, overwrite, save_only, token],
+            [
+                source,
+                quant_types,
+                group_size,
+                int4_method,
+                target_name,
+                namespace,
+                private,
+                overwrite,
+                save_only,
+                token,
+            ],
             [status, log, results, chart, samples, report],
             api_name="quantize",
             concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", "1")),

@@ -1,0 +1,83 @@
+"""Better int4: the asymmetric grid, GPTQ's error compensation, and how the method is chosen."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quantizer import int4, recipes
+from quantizer.errors import InputError
+from quantizer.hardware import Hardware
+from quantizer.pipeline import JobSpec, choose_int4_method
+from quantizer.verify import LOGITS_BATCH, WINDOW, build_eval_data, default_eval_text
+
+SMOL_CONFIG = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+}
+INT4 = [recipes.get("int4_weight_only")]
+
+
+def test_asym_recovers_weights_that_sit_on_its_grid():
+    torch.manual_seed(0)
+    g = 32
+    scale = (torch.rand(8, 4) * 0.01 + 0.001).to(torch.bfloat16)
+    zero = (torch.rand(8, 4) * 4 - 2).to(torch.bfloat16)
+    q = torch.randint(-8, 8, (8, 128))
+    q[:, ::g], q[:, 1::g] = -8, 7  # every group spans the whole grid
+    w = (q.float() - zero.float().repeat_interleave(g, 1)) * scale.float().repeat_interleave(g, 1)
+    quant = int4.quantize_asym(w.to(torch.bfloat16), g)
+    assert torch.allclose(quant.dequantize(g), w.to(torch.bfloat16).float(), atol=2e-3)
+    assert quant.zero_point.dtype == torch.bfloat16 and quant.qdata.dtype == torch.int8
+    assert int(quant.qdata.min()) >= -8 and int(quant.qdata.max()) <= 7
+
+
+def test_gptq_lowers_the_output_error_against_round_to_nearest():
+    torch.manual_seed(0)
+    k, n, g = 256, 64, 32
+    mixing = torch.randn(k, k) / k**0.5
+    x = torch.randn(4096, k) @ mixing + 0.1 * torch.randn(4096, k)  # correlated inputs, as real activations are
+    w = torch.randn(n, k)
+    hessian = 2 * x.T @ x / x.shape[0]
+    rtn = int4.quantize_asym(w, g).dequantize(g)
+    gptq = int4.quantize_gptq(w, hessian, g).dequantize(g)
+    err_rtn = (x @ (w - rtn).T).norm()
+    err_gptq = (x @ (w - gptq).T).norm()
+    assert err_gptq < 0.75 * err_rtn
+
+
+def test_default_is_gptq_when_it_fits_the_budget_else_asym(monkeypatch):
+    cpu = Hardware("cpu")
+    method, why = choose_int4_method(JobSpec("x"), INT4, cpu, SMOL_CONFIG)
+    assert method == "gptq" and "about" in why
+    monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", "60")
+    method, why = choose_int4_method(JobSpec("x"), INT4, cpu, SMOL_CONFIG)
+    assert method == "asym" and "pass --int4-method gptq" in why
+    assert choose_int4_method(JobSpec("x", int4_method="rtn"), INT4, cpu, SMOL_CONFIG)[0] == "rtn"
+    assert choose_int4_method(JobSpec("x"), [recipes.get("int8_weight_only")], cpu, SMOL_CONFIG)[0] is None
+
+
+def test_cuda_tile_packed_int4_takes_only_torchaos_own_qparams():
+    h100 = Hardware("cuda", (9, 0), "H100")
+    assert choose_int4_method(JobSpec("x"), INT4, h100, SMOL_CONFIG)[0] is None
+    with pytest.raises(InputError, match="tile-packed"):
+        choose_int4_method(JobSpec("x", int4_method="gptq"), INT4, h100, SMOL_CONFIG)
+    # 8da4w stays Intx on CUDA, so GPTQ applies there
+    assert choose_int4_method(JobSpec("x"), [recipes.get("int8_dynamic_int4_weight")], h100, SMOL_CONFIG)[0] == "gptq"
+
+
+def test_calibration_text_is_disjoint_from_the_evaluation_text(demo_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    text = default_eval_text()
+    data = build_eval_data(tokenizer, text)
+    used = data.eval_tokens + LOGITS_BATCH[0] * LOGITS_BATCH[1]
+    prefix_ids = tokenizer(text[: len(text) // 2], add_special_tokens=False)["input_ids"]
+    assert len(prefix_ids) > 10 * used  # everything evaluation reads lies in the first half
+    assert int4.default_calibration_text() == text[len(text) // 2 :]
+    assert data.eval_tokens == WINDOW * 8
