@@ -7,7 +7,7 @@ export TORCHAO_FORCE_SKIP_LOADING_SO_FILES ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup demo test lint app clean
+.PHONY: setup demo test lint app bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,10 @@ lint: setup
 
 app: setup
 	$(PY) app.py
+
+# every quant type this hardware runs, on the bundled model (MODEL=folder-or-repo-id for another)
+bench: setup
+	$(PY) -m quantizer.bench $(MODEL)
 
 clean:
 	rm -rf out .pytest_cache

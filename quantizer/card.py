@@ -13,7 +13,7 @@ from .hub import repo_url
 from .recipes import Recipe
 from .report import RecipeResult, human_bytes
 from .source import SourceInfo
-from .verify import SAMPLE_PROMPT
+from .verify import SAMPLE_PROMPT, SAMPLE_TOKENS
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md.j2"
 COPIED_FIELDS = ("license", "license_name", "license_link", "language", "pipeline_tag")
@@ -86,6 +86,11 @@ def render(
         quantized_linear=v.quantized_linear,
         skipped_linear=v.skipped_linear,
         quantize_seconds=f"{result.seconds.get('quantize', 0):.1f}",
+        load_source=f"{v.load_seconds_source:.2f}",
+        load_quantized=f"{v.load_seconds:.2f}",
+        speed_source=f"{v.tokens_per_second_source:.1f}",
+        speed_quantized=f"{v.tokens_per_second:.1f}",
+        sample_tokens=SAMPLE_TOKENS,
         peak_rss=human_bytes(result.peak_rss_bytes),
         sample_prompt=SAMPLE_PROMPT,
         sample_source=v.sample_source,

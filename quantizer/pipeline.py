@@ -104,7 +104,8 @@ def choose_int4_method(
 ) -> tuple[str | None, str]:
     """The int4 method and a sentence saying why; GPTQ by default when it fits the time budget here."""
     intx = [r for r in recipes if hardware.device in r.intx_on]
-    if spec.int4_method and spec.int4_method != "rtn" and not intx:
+    tile_packed = [r for r in recipes if r.uses_group_size and hardware.device not in r.intx_on]
+    if spec.int4_method and spec.int4_method != "rtn" and tile_packed and not intx:
         raise InputError(
             f"--int4-method {spec.int4_method} computes portable Intx int4; on CUDA int4_weight_only "
             "is written tile-packed with torchao's own qparams: use --int4-method rtn, or --device cpu."

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -80,6 +81,8 @@ class Figures:
     logits: torch.Tensor  # float32 on CPU
     ppl: float
     sample: str
+    tokens_per_second: float  # while generating the sample (batch 1, greedy)
+    load_seconds: float = 0.0  # from_pretrained of the folder
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class VerifyResult:
     sample: str
     sample_source: str
     eval_tokens: int
+    load_seconds: float = 0.0
+    load_seconds_source: float = 0.0
+    tokens_per_second: float = 0.0
+    tokens_per_second_source: float = 0.0
 
 
 @torch.no_grad()
@@ -111,15 +118,22 @@ def measure(model, tokenizer, data: EvalData, events: EventStream, quant_type: s
         events.progress("perplexity", i + 1, len(data.windows), quant_type=quant_type)
     ppl = math.exp(total_nll / count) if count else float("nan")
     prompt = data.prompt_ids.to(device)
+    started = time.perf_counter()
     generated = model.generate(
         prompt,
         attention_mask=torch.ones_like(prompt),
         max_new_tokens=SAMPLE_TOKENS,
+        min_new_tokens=SAMPLE_TOKENS,  # a fixed length, so tokens per second compare across models
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
     )
-    sample = tokenizer.decode(generated[0, prompt.shape[1] :], skip_special_tokens=True).strip()
-    return Figures(logits, ppl, sample)
+    speed = (generated.shape[1] - prompt.shape[1]) / (time.perf_counter() - started)
+    new = generated[0, prompt.shape[1] :]
+    eos = tokenizer.eos_token_id
+    if eos is not None and (new == eos).any():  # the answer ends at the first end-of-sequence
+        new = new[: int((new == eos).nonzero()[0])]
+    sample = tokenizer.decode(new, skip_special_tokens=True).strip()
+    return Figures(logits, ppl, sample, speed)
 
 
 def load_tokenizer(folder: Path):
@@ -129,9 +143,13 @@ def load_tokenizer(folder: Path):
 def reference_figures(source_dir: Path, hardware: Hardware, data: EvalData, events: EventStream) -> Figures:
     """Measure the source model once, in its own dtype, and free it again."""
     with events.stage("reference", "measuring the source model"):
+        started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device)
+        load_seconds = time.perf_counter() - started
         try:
-            return measure(model.eval(), load_tokenizer(source_dir), data, events, None)
+            return replace(
+                measure(model.eval(), load_tokenizer(source_dir), data, events, None), load_seconds=load_seconds
+            )
         finally:
             del model
             gc.collect()
@@ -162,7 +180,9 @@ def verify_output(
         "verify", "reloading with stock transformers and comparing with the source", quant_type=quant_type
     ):
         try:
+            started = time.perf_counter()
             model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
+            load_seconds = time.perf_counter() - started
             tokenizer = load_tokenizer(output_dir)
         except Exception as exc:
             raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
@@ -185,6 +205,10 @@ def verify_output(
         sample=got.sample,
         sample_source=ref.sample,
         eval_tokens=data.eval_tokens,
+        load_seconds=load_seconds,
+        load_seconds_source=ref.load_seconds,
+        tokens_per_second=got.tokens_per_second,
+        tokens_per_second_source=ref.tokens_per_second,
     )
     return result
 

@@ -1,0 +1,288 @@
+"""`make bench`: every quantization type the hardware runs, measured side by side against the source.
+
+    python -m quantizer.bench [MODEL] [--types T ...] [--repeats 5] [--new-tokens 32] [--name NAME]
+
+MODEL is a folder or a Hub repo id (default: the bundled SmolLM2-135M-Instruct). Each type is
+quantized by the real CLI in its own process, whose peak RSS (the kernel's maximum resident set
+size for that process) and wall time are recorded; the output is then loaded with stock
+transformers here and timed: load time, next-token latency and generation throughput (batch 1,
+fixed prompt, greedy, warm-up excluded, median of the repeats). Perplexity and top-1 agreement
+come from the job's own verification. The source model in its own dtype is the baseline row.
+Writes NAME.md, NAME.json and NAME.png (size vs perplexity delta) under benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import recipes
+from .demo import DEMO_NAME, prepare
+from .hardware import Hardware, detect
+from .report import human_bytes
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+PROMPT = "The three most important ideas in computer science are"
+
+
+@dataclass
+class Row:
+    name: str  # "source" or a quant type
+    bytes: int
+    size_ratio: float
+    quantize_seconds: float | None  # whole CLI job (quantize + save + verify), None for the source
+    quantize_peak_rss_bytes: int | None
+    load_seconds: float
+    next_token_ms: float
+    tokens_per_second: float
+    ppl: float
+    ppl_delta_pct: float
+    top1_agreement: float
+    speed_vs_source: float = 1.0
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> tuple[dict, float, int]:
+    """Quantize with the CLI in a child process; return its report, wall seconds and peak RSS."""
+    argv = [
+        sys.executable,
+        "-m",
+        "quantizer",
+        str(source),
+        "bench",
+        "--quant-type",
+        quant_type,
+        "--save-only",
+        "--output-dir",
+        str(out_dir),
+        "--overwrite",
+        "--json",
+        "--no-tracking",
+        *extra,
+    ]
+    started = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - started
+        out.seek(0)
+        err.seek(0)
+        if child.returncode != 0:
+            raise RuntimeError(f"{quant_type} failed:\n{err.read()[-3000:]}")
+        return json.loads(out.read()), seconds, usage.ru_maxrss * 1024
+
+
+@torch.no_grad()
+def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) -> tuple[float, float, float]:
+    """(load seconds, next-token ms, tokens per second), medians of `repeats` after one warm-up."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loads = []
+    for _ in range(max(1, min(repeats, 3))):
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(folder, device_map=hardware.device).eval()
+        loads.append(time.perf_counter() - started)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def sync() -> None:
+        if hardware.is_cuda:
+            torch.cuda.synchronize()
+
+    def decode_step() -> float:
+        out = model(ids, use_cache=True)
+        next_id = out.logits[:, -1:].argmax(-1)
+        sync()
+        started = time.perf_counter()
+        model(next_id, cache=out.cache, use_cache=True)
+        sync()
+        return time.perf_counter() - started
+
+    def generate() -> float:
+        sync()
+        started = time.perf_counter()
+        model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+        sync()
+        return new_tokens / (time.perf_counter() - started)
+
+    decode_step()
+    generate()  # warm-up, excluded
+    latency = statistics.median(decode_step() for _ in range(repeats)) * 1000
+    throughput = statistics.median(generate() for _ in range(repeats))
+    return statistics.median(loads), latency, throughput
+
+
+def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
+    if not model:
+        return prepare(), DEMO_NAME
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path, path.resolve().name
+    from .events import EventStream
+    from .hub import Hub
+    from .source import open_source
+
+    source = open_source(model, Hub(os.environ.get("HF_TOKEN")))
+    info = source.inspect()
+    return source.fetch(workdir, EventStream()), info.name
+
+
+def bench(
+    model: str | None, types: list[str] | None, repeats: int, new_tokens: int, device: str, extra: list[str]
+) -> tuple[list[Row], dict]:
+    hardware = detect(device)
+    chosen = types or [r.name for r in recipes.RECIPES.values() if r.unsupported_reason(hardware) is None]
+    with tempfile.TemporaryDirectory(prefix="quantizer-bench-") as tmp:
+        work = Path(tmp)
+        source, model_name = resolve_model(model, work)
+        source_bytes = weights_bytes(source)
+        jobs = {}
+        for quant_type in chosen:
+            print(f"quantizing {quant_type} ...", file=sys.stderr, flush=True)
+            jobs[quant_type] = run_job(source, quant_type, work / quant_type, ["--device", hardware.device, *extra])
+        print("timing the source ...", file=sys.stderr, flush=True)
+        load, latency, throughput = time_model(source, hardware, repeats, new_tokens)
+        first = next(iter(jobs.values()))[0]
+        rows = [Row("source", source_bytes, 1.0, None, None, load, latency, throughput, first["ppl_source"], 0.0, 1.0)]
+        for quant_type, (report, seconds, peak) in jobs.items():
+            result = report["results"][0]
+            print(f"timing {quant_type} ...", file=sys.stderr, flush=True)
+            load, latency, throughput = time_model(Path(result["output_dir"]), hardware, repeats, new_tokens)
+            v = result["verify"]
+            rows.append(
+                Row(
+                    quant_type,
+                    result["output_bytes"],
+                    result["size_ratio"],
+                    seconds,
+                    peak,
+                    load,
+                    latency,
+                    throughput,
+                    v["ppl_quantized"],
+                    v["ppl_delta_pct"],
+                    v["top1_agreement"],
+                    throughput / rows[0].tokens_per_second,
+                )
+            )
+    meta = {
+        "model": model or f"bundled {DEMO_NAME}",
+        "model_name": model_name,
+        "hardware": hardware.name,
+        "device": hardware.device,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "repeats": repeats,
+        "new_tokens": new_tokens,
+        "prompt": PROMPT,
+        "eval_tokens": first["results"][0]["verify"]["eval_tokens"],
+        "int4_method": first_int4_method(jobs),
+        "threads": torch.get_num_threads(),
+    }
+    return rows, meta
+
+
+def first_int4_method(jobs: dict) -> str | None:
+    return next((r["results"][0]["int4_method"] for r, _, _ in jobs.values() if r["results"][0]["int4_method"]), None)
+
+
+def markdown(rows: list[Row], meta: dict) -> str:
+    head = (
+        "| type | weights | ratio | quantize job (s) | peak RSS quantizing | load (s) | next token (ms) | "
+        "tokens/s | vs source | perplexity | Δ ppl | top-1 |"
+    )
+    lines = [
+        f"{meta['model_name']} on {meta['hardware']} ({meta['device']}, torch {meta['torch']}, "
+        f"{meta['threads']} threads); batch 1, {meta['new_tokens']} new tokens, median of {meta['repeats']}; "
+        f"perplexity on {meta['eval_tokens']} tokens of Python's pydoc topics"
+        + (f"; int4 method {meta['int4_method']}" if meta.get("int4_method") else "")
+        + ".",
+        "",
+        head,
+        "|" + "|".join("---" for _ in range(12)) + "|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.name} | {human_bytes(r.bytes)} | {r.size_ratio:.1%} | "
+            f"{'-' if r.quantize_seconds is None else f'{r.quantize_seconds:.1f}'} | "
+            f"{'-' if r.quantize_peak_rss_bytes is None else human_bytes(r.quantize_peak_rss_bytes)} | "
+            f"{r.load_seconds:.2f} | {r.next_token_ms:.1f} | {r.tokens_per_second:.1f} | {r.speed_vs_source:.2f}x | "
+            f"{r.ppl:.3f} | {r.ppl_delta_pct:+.2f}% | {r.top1_agreement:.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], meta: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in rows:
+        ax.scatter(r.bytes / 1e6, r.ppl_delta_pct, s=60)
+        ax.annotate(r.name, (r.bytes / 1e6, r.ppl_delta_pct), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("weights on disk (MB)")
+    ax.set_ylabel("perplexity change vs source (%)")
+    ax.set_title(f"{meta['model_name']} on {meta['hardware']}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantizer.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("model", nargs="?", help="folder or repo id (default: the bundled SmolLM2-135M-Instruct)")
+    parser.add_argument("--types", nargs="+", default=None, help="quant types (default: all this hardware runs)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--name", default=None, help="results file name (default: DEVICE-MODEL)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args, extra = parser.parse_known_args(argv)
+    from .cli import quiet_libraries
+
+    quiet_libraries()
+    rows, meta = bench(args.model, args.types, args.repeats, args.new_tokens, args.device, extra)
+    bad = [r.name for r in rows for v in asdict(r).values() if isinstance(v, float) and not math.isfinite(v)]
+    name = args.name or f"{meta['device']}-{meta['model_name']}"
+    args.output.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, meta)
+    (args.output / f"{name}.md").write_text(text)
+    (args.output / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
+    chart(rows, meta, args.output / f"{name}.png")
+    print(text)
+    print(f"written: {args.output / name}.{{md,json,png}}", file=sys.stderr)
+    if bad:
+        print(f"non-finite figures in: {sorted(set(bad))}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The benchmark runs end to end on a tiny model; the guide's numbers are the committed results'."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from quantizer import bench
+from quantizer.recipes import RECIPES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsys):
+    code = bench.main([str(tiny_model()), "--repeats", "1", "--new-tokens", "4", "--name", "tiny",
+                       "--output", str(tmp_path), "--int4-method", "asym"])
+    out = capsys.readouterr().out
+    assert code == 0
+    data = json.loads((tmp_path / "tiny.json").read_text())
+    names = [row["name"] for row in data["rows"]]
+    assert names == ["source", *(n for n, r in RECIPES.items() if "cpu" in r.devices)]
+    for row in data["rows"]:
+        for key, value in row.items():
+            if key in ("quantize_seconds", "quantize_peak_rss_bytes") and row["name"] == "source":
+                assert value is None
+                continue
+            assert value is not None, (row["name"], key)
+            if isinstance(value, float):
+                assert math.isfinite(value), (row["name"], key)
+        assert row["bytes"] > 0 and row["tokens_per_second"] > 0 and row["next_token_ms"] > 0
+    assert data["rows"][1]["quantize_peak_rss_bytes"] > 100e6  # a whole Python + torch process
+    assert (tmp_path / "tiny.png").stat().st_size > 1000
+    assert out.count("\n| ") >= len(names) and "| source |" in out
+
+
+def test_the_guide_quotes_the_committed_results():
+    guide = (ROOT / "docs" / "QUANTIZATION_GUIDE.md").read_text()
+    for results in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
+        table = [line for line in results.read_text().splitlines() if line.startswith("|")]
+        assert table, results
+        for line in table:
+            assert line in guide, f"{results.name}: {line}"
