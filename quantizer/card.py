@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from . import int4
 from .hub import repo_url
 from .recipes import Recipe
-from .report import RecipeResult, human_bytes
+from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
 from .verify import SAMPLE_PROMPT, SAMPLE_TOKENS
 
@@ -77,11 +77,12 @@ def render(
         source_size=human_bytes(result.source_bytes),
         output_size=human_bytes(result.output_bytes),
         ratio=f"{result.size_ratio:.1%}" if result.size_ratio else "-",
-        ppl_source=f"{v.ppl_source:.3f}",
-        ppl_quantized=f"{v.ppl_quantized:.3f}",
-        ppl_delta=f"{v.ppl_delta_pct:+.2f}%",
-        top1=f"{v.top1_agreement:.1%}",
-        logits_err=f"{v.logits_rel_err:.4f}",
+        ppl_source=fmt(v.ppl_source, ".3f", "not run (streamed)"),
+        ppl_quantized=fmt(v.ppl_quantized, ".3f"),
+        ppl_delta=fmt(v.ppl_delta_pct, "+.2f") + ("%" if v.ppl_delta_pct is not None else ""),
+        top1=fmt(v.top1_agreement, ".1%"),
+        logits_err=fmt(v.logits_rel_err, ".4f"),
+        checked=v.checked,
         source_dtype=source_dtype,
         quantized_linear=v.quantized_linear,
         skipped_linear=v.skipped_linear,

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=int4.DEFAULT_CALIBRATION_TOKENS,
         help=f"calibration tokens for GPTQ (default {int4.DEFAULT_CALIBRATION_TOKENS})",
     )
+    p.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quantize shard by shard with bounded memory (default: when the model does not fit in memory)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument("--private", action="store_true", help="create the target repo as private")
@@ -156,6 +162,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         int4_method=args.int4_method,
         calibration_text=args.calibration_text,
         calibration_tokens=args.calibration_tokens,
+        streaming=args.streaming,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
     )

@@ -47,7 +47,10 @@ def detect(device: str = "auto") -> Hardware:
 
 
 def available_memory_bytes() -> int:
-    return psutil.virtual_memory().available
+    """Free memory, capped by QUANTIZER_MEMORY_LIMIT (bytes) on machines shared with other work."""
+    available = psutil.virtual_memory().available
+    limit = os.environ.get("QUANTIZER_MEMORY_LIMIT")
+    return min(available, int(limit)) if limit else available
 
 
 def free_disk_bytes(path: Path) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,26 +19,36 @@ import torch
 from . import card as model_card
 from . import int4, resources
 from . import recipes as recipe_registry
-from .engine import CustomInt4, choose_group_size, planned_linear_layers, quantize_and_save
-from .errors import InputError, OutputExistsError, QuantizerError
+from .engine import (
+    CustomInt4,
+    LayerCount,
+    choose_group_size,
+    copy_side_files,
+    planned_linear_layers,
+    quantize_and_save,
+)
+from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError
 from .events import Event, EventStream
 from .hardware import Hardware, PeakRSS, detect
 from .hub import AuthError, Hub, Identity, repo_url
 from .naming import split_repo_id, target_for
 from .recipes import DEFAULT_GROUP_SIZE, Recipe
 from .report import RecipeResult, Report, config_repr
-from .source import Source, SourceInfo, open_source
+from .source import HubSource, Source, SourceInfo, open_source
+from .streaming import stream_quantize
 from .tracking import Tracker
 from .verify import (
     DEFAULT_EVAL_TOKENS,
     EvalData,
     Figures,
+    VerifyResult,
     build_eval_data,
     check_sane,
     default_eval_text,
     load_tokenizer,
     reference_figures,
     verify_output,
+    verify_streamed,
 )
 
 DEFAULT_OUTPUT_DIR = Path("out")
@@ -64,6 +74,7 @@ class JobSpec:
     int4_method: str | None = None  # rtn | asym | gptq; None: the best that fits the time budget here
     calibration_text: Path | None = None  # for gptq; default: the half of pydoc topics not used for evaluation
     calibration_tokens: int = int4.DEFAULT_CALIBRATION_TOKENS
+    streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
     track: bool = True  # record each type as a Trackio run
     trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
 
@@ -90,6 +101,8 @@ class Plan:
     notes: list[str]
     identity: Identity | None = None
     int4_method: str | None = None  # for the types that store Intx int4 on this hardware
+    streaming: bool = False
+    source_fits: bool = True  # the source can be loaded as a whole (for the reference pass)
 
     def custom_int4(self, recipe: Recipe) -> bool:
         return self.int4_method in ("asym", "gptq") and self.hardware.device in recipe.intx_on
@@ -100,7 +113,7 @@ def gptq_budget_seconds() -> float:
 
 
 def choose_int4_method(
-    spec: JobSpec, recipes: list[Recipe], hardware: Hardware, config: dict
+    spec: JobSpec, recipes: list[Recipe], hardware: Hardware, config: dict, streaming: bool = False
 ) -> tuple[str | None, str]:
     """The int4 method and a sentence saying why; GPTQ by default when it fits the time budget here."""
     intx = [r for r in recipes if hardware.device in r.intx_on]
@@ -114,6 +127,8 @@ def choose_int4_method(
         return None, ""
     if spec.int4_method:
         return spec.int4_method, f"int4 method {spec.int4_method} (as asked)"
+    if streaming:
+        return "asym", "int4 method asym: GPTQ needs the whole model in memory, and this job streams it"
     minutes = int4.estimated_gptq_seconds_from_config(config) / 60
     budget = gptq_budget_seconds() / 60
     if minutes <= budget:
@@ -174,7 +189,15 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         if note:
             notes.append(note)
             events.warn(note)
-    int4_method, why = choose_int4_method(spec, recipes, hardware, info.config)
+    source_fits = resources.fits_in_memory(info.weight_bytes)
+    streaming = spec.streaming if spec.streaming is not None else not source_fits
+    if streaming:
+        check_streamable(spec, info)
+        events.log(
+            f"streaming engine: one shard at a time ({info.weight_bytes / 1e9:.2f} GB of weights"
+            f"{'' if source_fits else ', more than this machine can load at once'})"
+        )
+    int4_method, why = choose_int4_method(spec, recipes, hardware, info.config, streaming)
     if why:
         notes.append(why)
         events.log(why)
@@ -199,9 +222,24 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             keep_outputs=spec.local_dir is not None,
             workdir=workdir,
             output_dir=spec.local_dir,
+            streaming_shard=info.largest_weight_file if streaming else None,
         )
     )
-    return Plan(hardware, source, info, recipes, targets, group_size, notes, identity, int4_method)
+    return Plan(
+        hardware, source, info, recipes, targets, group_size, notes, identity, int4_method, streaming, source_fits
+    )
+
+
+def check_streamable(spec: JobSpec, info: SourceInfo) -> None:
+    if not info.safetensors:
+        raise InputError(
+            f"{info.ref} stores its weights as PyTorch .bin files; the streaming engine (needed for a "
+            "model this large) reads safetensors only: convert the checkpoint to safetensors first."
+        )
+    if spec.int4_method == "gptq":
+        raise InputError(
+            "--int4-method gptq needs the whole model in memory; with the streaming engine use asym (or rtn)."
+        )
 
 
 def local_folder(spec: JobSpec, target: str) -> Path:
@@ -228,7 +266,10 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             source=plan.info.ref, revision=plan.info.revision, device=plan.hardware.device, hardware=plan.hardware.name
         )
         with events.stage("fetch", "getting the model files"):
-            source_dir = plan.source.fetch(workdir, events)
+            if plan.streaming and isinstance(plan.source, HubSource):
+                source_dir = plan.source.fetch_side_files(workdir, events)
+            else:
+                source_dir = plan.source.fetch(workdir, events)
         text = Path(spec.eval_text).read_text(encoding="utf-8") if spec.eval_text else default_eval_text()
         tokenizer = load_tokenizer(source_dir)
         data = build_eval_data(tokenizer, text, spec.eval_tokens)
@@ -240,8 +281,11 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
                 else int4.default_calibration_text()
             )
             calibration = int4.calibration_ids(tokenizer, calibration_text, spec.calibration_tokens)
-        reference = reference_figures(source_dir, plan.hardware, data, events)
-        report.ppl_source, report.sample_source = reference.ppl, reference.sample
+        # a streamed Hub source is never on disk as a whole, so it is compared layer by layer only
+        whole_source = plan.source_fits and not (plan.streaming and isinstance(plan.source, HubSource))
+        reference = reference_figures(source_dir, plan.hardware, data, events) if whole_source else None
+        if reference:
+            report.ppl_source, report.sample_source = reference.ppl, reference.sample
         report.seconds = events.seconds_for(None)
         for recipe in plan.recipes:
             job = RecipeJob(spec, plan, recipe, source_dir, workdir, hub, events, tracker, calibration)
@@ -314,10 +358,13 @@ class RecipeJob:
         peak.reset()
         staging = self.staging_folder()
         try:
-            counts = quantize_and_save(self.source_dir, staging, config, plan.hardware, events, recipe.name, custom)
+            if plan.streaming:
+                counts, result.verify = self.stream(staging, config, custom, data, reference)
+            else:
+                counts = quantize_and_save(self.source_dir, staging, config, plan.hardware, events, recipe.name, custom)
+                result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
             if counts.skipped:
                 result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
-            result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
             check_sane(result.verify, recipe.name)
             result.output_bytes = weights_bytes(staging)
             result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
@@ -343,6 +390,59 @@ class RecipeJob:
             result.peak_rss_bytes = peak.peak_bytes()
             self.tracker.finish(result)
         return result
+
+    def stream(
+        self, staging: Path, config, custom: CustomInt4 | None, data: EvalData, reference: Figures | None
+    ) -> tuple[LayerCount, VerifyResult]:
+        """The shard-by-shard engine, then the verification that fits: a full comparison when the source fits
+        in memory, else the sampled layers' errors plus a stock reload of the output."""
+        plan, recipe, events = self.plan, self.recipe, self.events
+        quantize = None
+        if custom:  # asym int4 is per tensor, so it streams; GPTQ is refused in preflight
+
+            def quantize(weight: torch.Tensor) -> torch.Tensor:
+                quant = int4.quantize_asym(weight, custom.group_size)
+                return int4.intx_tensor(quant, custom.group_size, weight.dtype, custom.dynamic_activations)
+
+        shard_path, release = None, None
+        if isinstance(plan.source, HubSource):
+            shards = self.workdir / "shards"
+            source = plan.source
+
+            def shard_path(name: str) -> Path:
+                return source.download_shard(name, shards)
+
+            def release(name: str) -> None:
+                (shards / name).unlink(missing_ok=True)
+
+        with events.stage("quantize", "quantizing shard by shard (streaming)", quant_type=recipe.name):
+            try:
+                streamed = stream_quantize(
+                    self.source_dir,
+                    staging,
+                    plan.info.config,
+                    config,
+                    events,
+                    recipe.name,
+                    quantize=quantize,
+                    shard_path=shard_path,
+                    release=release,
+                )
+            except QuantizerError:
+                raise
+            except Exception as exc:
+                raise QuantizationError(f"torchao could not quantize the model with {recipe.name}: {exc}") from exc
+            copy_side_files(self.source_dir, staging)
+            if (self.source_dir / "generation_config.json").is_file():
+                shutil.copy2(self.source_dir / "generation_config.json", staging / "generation_config.json")
+        if reference is not None:
+            full = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
+            layers = f"; output error of {len(streamed.layer_errors)} sampled Linear layers"
+            return streamed.counts, replace(full, checked=full.checked + layers, layer_errors=streamed.layer_errors)
+        output_fits = resources.fits_in_memory(weights_bytes(staging))
+        return streamed.counts, verify_streamed(
+            staging, plan.hardware, data, events, recipe.name, streamed.layer_errors, output_fits, streamed.counts
+        )
 
     def staging_folder(self) -> Path:
         """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""

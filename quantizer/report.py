@@ -85,6 +85,11 @@ class Report:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    """Format a figure that may not have been measured (streaming verifies without the source's figures)."""
+    return missing if value is None else format(value, spec)
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -123,10 +128,10 @@ def results_table(report: Report) -> str:
                 r.status,
                 human_bytes(r.output_bytes),
                 f"{r.size_ratio:.1%}" if r.size_ratio is not None else "-",
-                f"{v.ppl_quantized:.2f}" if v else "-",
-                f"{v.ppl_delta_pct:+.2f}%" if v else "-",
-                f"{v.top1_agreement:.1%}" if v else "-",
-                f"{v.logits_rel_err:.4f}" if v else "-",
+                fmt(v and v.ppl_quantized, ".2f"),
+                fmt(v and v.ppl_delta_pct, "+.2f") + ("%" if v and v.ppl_delta_pct is not None else ""),
+                fmt(v and v.top1_agreement, ".1%"),
+                fmt(v and v.logits_rel_err, ".4f"),
                 f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
                 f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
                 human_bytes(r.peak_rss_bytes),

@@ -23,13 +23,34 @@ class Need:
     bytes: int
 
 
+def memory_for_whole_model(weight_bytes: int) -> int:
+    """What loading the source as a whole (the standard path and the reference pass) takes."""
+    return int(weight_bytes * MEMORY_FACTOR) + RUNTIME_BYTES
+
+
+def fits_in_memory(weight_bytes: int) -> bool:
+    return memory_for_whole_model(weight_bytes) <= available_memory_bytes()
+
+
 def estimate(
-    weight_bytes: int, n_outputs: int, download: bool, keep_outputs: bool, workdir: Path, output_dir: Path | None
+    weight_bytes: int,
+    n_outputs: int,
+    download: bool,
+    keep_outputs: bool,
+    workdir: Path,
+    output_dir: Path | None,
+    streaming_shard: int | None = None,
 ) -> list[Need]:
-    """The disk and memory a job needs, by place."""
+    """The disk and memory a job needs, by place. With `streaming_shard` (the largest source shard's bytes)
+    memory holds about one shard's tensors at a time and the download one shard."""
     output = int(weight_bytes * OUTPUT_SHARE)
-    needs = [Need("memory", None, int(weight_bytes * MEMORY_FACTOR) + RUNTIME_BYTES)]
-    work = (weight_bytes if download else 0) + (0 if keep_outputs else output)
+    if streaming_shard is None:
+        needs = [Need("memory", None, memory_for_whole_model(weight_bytes))]
+        download_bytes = weight_bytes
+    else:
+        needs = [Need("memory", None, 2 * streaming_shard + RUNTIME_BYTES)]
+        download_bytes = streaming_shard
+    work = (download_bytes if download else 0) + (0 if keep_outputs else output)
     if work:
         needs.append(Need("the download and staged output", workdir, work))
     if keep_outputs and output_dir is not None:

@@ -66,6 +66,16 @@ class SourceInfo:
     repo_id: str | None = None  # None for a local folder
     files: tuple[str, ...] = field(default=())
     card_data: dict = field(default_factory=dict)  # the source card's YAML header (license, pipeline_tag, ...)
+    largest_weight_file: int = 0  # bytes: what streaming holds on disk at a time
+
+    @property
+    def safetensors(self) -> bool:
+        return all(f.endswith(".safetensors") for f in self.weight_files)
+
+    @property
+    def side_files(self) -> list[str]:
+        """Everything a job needs except the weight shards themselves."""
+        return [f for f in self.needed_files if f not in self.weight_files]
 
     @property
     def needed_files(self) -> list[str]:
@@ -170,6 +180,7 @@ class LocalSource:
             weight_bytes=sum((self.path / f).stat().st_size for f in weights),
             files=tuple(files),
             card_data=read_card_data(self.path / "README.md"),
+            largest_weight_file=max((self.path / f).stat().st_size for f in weights),
         )
 
     def fetch(self, workdir: Path, events: EventStream) -> Path:
@@ -209,8 +220,25 @@ class HubSource:
             repo_id=self.repo_id,
             files=tuple(files),
             card_data=card_data,
+            largest_weight_file=max(sizes[f] for f in weights),
         )
         return self._info
+
+    def fetch_side_files(self, workdir: Path, events: EventStream) -> Path:
+        """Config, tokenizer and index only: streaming then downloads one weight shard at a time."""
+        info = self._info or self.inspect()
+        events.log(
+            f"downloading config and tokenizer from {self.repo_id}@{info.revision[:8]}; weights follow "
+            "one shard at a time"
+        )
+        return self.hub.download(self.repo_id, info.revision, info.side_files, workdir / "source")
+
+    def download_shard(self, name: str, folder: Path) -> Path:
+        info = self._info or self.inspect()
+        path = self.hub.download_file(self.repo_id, info.revision, name, folder)
+        if path is None:
+            raise SourceError(f"{self.repo_id} lost its weight file {name} during the job; try again.")
+        return path
 
     def fetch(self, workdir: Path, events: EventStream) -> Path:
         info = self._info or self.inspect()

@@ -165,7 +165,7 @@ class Tracker:
         }
         if result.verify:
             verify = asdict(result.verify)
-            metrics.update({key: verify[key] for key in VERIFY_METRICS})
+            metrics.update({key: verify[key] for key in VERIFY_METRICS if verify[key] is not None})
         if result.error:
             metrics["error"] = self.events.scrub(result.error)
         self.log({k: v for k, v in metrics.items() if v is not None})

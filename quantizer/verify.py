@@ -29,6 +29,7 @@ SAMPLE_TOKENS = 24
 # Below this top-1 agreement an output is broken, not merely lossy (random models still agree far more).
 TOP1_FLOOR = 0.2
 PPL_RATIO_CEILING = 4.0
+LAYER_ERROR_CEILING = 0.5  # a sampled layer whose output is off by half is broken
 
 
 def default_eval_text() -> str:
@@ -85,14 +86,20 @@ class Figures:
     load_seconds: float = 0.0  # from_pretrained of the folder
 
 
+FULL_CHECK = "the whole model against the source: logits and top-1 on a fixed batch, perplexity, a sample"
+
+
 @dataclass(frozen=True)
 class VerifyResult:
+    """Verification figures. The comparisons with the source are None when the source was too large to run
+    as a whole (streaming); `checked` says what was measured."""
+
     reload_ok: bool
-    logits_rel_err: float
-    top1_agreement: float
-    ppl_source: float
-    ppl_quantized: float
-    ppl_delta_pct: float
+    logits_rel_err: float | None
+    top1_agreement: float | None
+    ppl_source: float | None
+    ppl_quantized: float | None
+    ppl_delta_pct: float | None
     quantized_linear: int
     skipped_linear: int
     sample: str
@@ -102,6 +109,8 @@ class VerifyResult:
     load_seconds_source: float = 0.0
     tokens_per_second: float = 0.0
     tokens_per_second_source: float = 0.0
+    checked: str = FULL_CHECK
+    layer_errors: dict[str, float] | None = None  # sampled Linear layers' output error (streaming)
 
 
 @torch.no_grad()
@@ -215,21 +224,97 @@ def verify_output(
 
 def check_sane(result: VerifyResult, quant_type: str) -> None:
     """Fail outputs that are broken rather than lossy; the message says what was measured."""
+    worst_layer = max((result.layer_errors or {}).values(), default=0.0)
     advice = (
         "it was not kept. The model may have outlier weights this type cannot represent: try a smaller "
         "--group-size or a higher-precision type (int8_weight_only, float8_weight_only)."
     )
-    if not all(map(math.isfinite, (result.logits_rel_err, result.ppl_quantized))):
+    measured = [v for v in (result.logits_rel_err, result.ppl_quantized, worst_layer) if v is not None]
+    if not all(map(math.isfinite, measured)):
         raise VerificationError(f"the {quant_type} model produces NaN or infinite outputs; {advice}")
+    if worst_layer > LAYER_ERROR_CEILING:
+        raise VerificationError(
+            f"a {quant_type} layer's output is off by {worst_layer:.0%} (relative error, above "
+            f"{LAYER_ERROR_CEILING:.0%}); {advice}"
+        )
     if result.quantized_linear == 0:
         raise VerificationError(f"no Linear layer was quantized by {quant_type}; the output was not kept.")
-    if result.top1_agreement < TOP1_FLOOR:
+    if result.top1_agreement is not None and result.top1_agreement < TOP1_FLOOR:
         raise VerificationError(
             f"the {quant_type} model picks the same next token as the source only {result.top1_agreement:.0%} "
             f"of the time (below {TOP1_FLOOR:.0%}); {advice}"
         )
-    if result.ppl_quantized > PPL_RATIO_CEILING * result.ppl_source:
+    if result.ppl_source and result.ppl_quantized and result.ppl_quantized > PPL_RATIO_CEILING * result.ppl_source:
         raise VerificationError(
             f"the {quant_type} model's perplexity is {result.ppl_quantized:.1f} against the source's "
             f"{result.ppl_source:.1f} (more than {PPL_RATIO_CEILING:.0f}x); {advice}"
         )
+
+
+def verify_streamed(
+    output_dir: Path,
+    hardware: Hardware,
+    data: EvalData,
+    events: EventStream,
+    quant_type: str,
+    layer_errors: dict[str, float],
+    load_output: bool,
+    counts,
+) -> VerifyResult:
+    """Verification when the source is too large to run as a whole: the sampled layers' output error
+    measured while streaming, then (when the output fits in memory) a stock reload with perplexity and
+    a sample of the quantized model alone."""
+    from .engine import count_linear_layers
+
+    layers = (
+        f"output error of {len(layer_errors)} Linear layers spread over the model (worst "
+        f"{max(layer_errors.values(), default=0.0):.2%})"
+    )
+    if not load_output:
+        return VerifyResult(
+            False,
+            None,
+            None,
+            None,
+            None,
+            None,
+            0,
+            0,
+            "",
+            "",
+            0,
+            checked=layers + "; the output is larger than memory, so it was not reloaded",
+            layer_errors=layer_errors,
+        )
+    with events.stage("verify", "reloading with stock transformers", quant_type=quant_type):
+        try:
+            started = time.perf_counter()
+            model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
+            load_seconds = time.perf_counter() - started
+            tokenizer = load_tokenizer(output_dir)
+        except Exception as exc:
+            raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
+        try:
+            counts = count_linear_layers(model)
+            got = measure(model, tokenizer, data, events, quant_type)
+        finally:
+            del model
+            gc.collect()
+    return VerifyResult(
+        reload_ok=True,
+        logits_rel_err=None,
+        top1_agreement=None,
+        ppl_source=None,
+        ppl_quantized=got.ppl,
+        ppl_delta_pct=None,
+        quantized_linear=counts.quantized,
+        skipped_linear=len(counts.skipped),
+        sample=got.sample,
+        sample_source="",
+        eval_tokens=data.eval_tokens,
+        load_seconds=load_seconds,
+        tokens_per_second=got.tokens_per_second,
+        checked=layers + "; stock reload, perplexity and a sample of the quantized model (the source was "
+        "streamed, never loaded as a whole)",
+        layer_errors=layer_errors,
+    )

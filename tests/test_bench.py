@@ -13,8 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsys):
-    code = bench.main([str(tiny_model()), "--repeats", "1", "--new-tokens", "4", "--name", "tiny",
-                       "--output", str(tmp_path), "--int4-method", "asym"])
+    code = bench.main(
+        [
+            str(tiny_model()),
+            "--repeats",
+            "1",
+            "--new-tokens",
+            "4",
+            "--name",
+            "tiny",
+            "--output",
+            str(tmp_path),
+            "--int4-method",
+            "asym",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     data = json.loads((tmp_path / "tiny.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from quantizer.report import Report, human_bytes
+from quantizer.report import Report, fmt, human_bytes
 from quantizer.verify import SAMPLE_PROMPT
 
 RESULT_COLUMNS = [
@@ -33,10 +33,10 @@ def results_frame(report: Report | None) -> pd.DataFrame:
                 target,
                 human_bytes(r.output_bytes),
                 f"{r.size_ratio:.1%}" if r.size_ratio is not None else "",
-                f"{v.ppl_source:.2f}" if v else "",
-                f"{v.ppl_quantized:.2f}" if v else "",
-                f"{v.ppl_delta_pct:+.2f}%" if v else "",
-                f"{v.top1_agreement:.1%}" if v else "",
+                fmt(v and v.ppl_source, ".2f", ""),
+                fmt(v and v.ppl_quantized, ".2f", ""),
+                fmt(v and v.ppl_delta_pct, "+.2f", "") + ("%" if v and v.ppl_delta_pct is not None else ""),
+                fmt(v and v.top1_agreement, ".1%", ""),
                 f"{sum(r.seconds.values()):.1f}",
             ]
         )

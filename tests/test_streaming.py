@@ -1,0 +1,156 @@
+"""The streaming engine: byte-identical to the TorchAoConfig path, bounded memory, one Hub shard at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+from quantizer import recipes, resources
+from quantizer.cli import main
+from quantizer.engine import quantize_and_save
+from quantizer.events import EventStream
+from quantizer.hardware import Hardware
+from quantizer.streaming import stream_quantize
+from tests.conftest import ALICE
+from tests.support.hub_repos import upload_model
+from tests.support.models import TinyShape, copy_tokenizer
+
+CPU = Hardware("cpu")
+CPU_TYPES = [name for name, r in recipes.RECIPES.items() if "cpu" in r.devices]
+
+
+@pytest.fixture(scope="module")
+def sharded(tiny_model, tmp_path_factory):
+    """Multi-shard copies of a tied and an untied tiny model (about 4 MB shards)."""
+    made = {}
+    for shape in (TinyShape(), TinyShape(hidden=96, intermediate=160, tied=False)):
+        folder = tmp_path_factory.mktemp(f"sharded-{shape.label}")
+        AutoModelForCausalLM.from_pretrained(tiny_model(shape)).save_pretrained(folder, max_shard_size="4MB")
+        copy_tokenizer(tiny_model(shape), folder)
+        assert len(list(folder.glob("model-*.safetensors"))) > 1
+        made[shape.label] = folder
+    return made
+
+
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():  # noqa: SIM118
+                tensors[key] = f.get_tensor(key)
+    return tensors
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+@pytest.mark.parametrize("label", ["h64-i128-tied", "h96-i160-untied"])
+@pytest.mark.parametrize("quant_type", CPU_TYPES)
+def test_streaming_writes_what_the_torchaoconfig_path_writes(quant_type, label, sharded, tmp_path):
+    source = sharded[label]
+    config_dict = json.loads((source / "config.json").read_text())
+    torchao_config = recipes.get(quant_type).config(CPU, 32)
+    quantize_and_save(source, tmp_path / "standard", torchao_config, CPU, EventStream(), quant_type)
+    streamed = stream_quantize(source, tmp_path / "streamed", config_dict, torchao_config, EventStream(), quant_type)
+
+    standard, ours = read_tensors(tmp_path / "standard"), read_tensors(tmp_path / "streamed")
+    assert set(standard) == set(ours)
+    assert all(same_bytes(standard[k], ours[k]) for k in standard)
+    quant_config = [
+        json.loads((tmp_path / d / "config.json").read_text())["quantization_config"] for d in ("standard", "streamed")
+    ]
+    assert quant_config[0] == quant_config[1]
+    assert len(list((tmp_path / "streamed").glob("model-*.safetensors"))) > 1
+    assert (tmp_path / "streamed" / "model.safetensors.index.json").is_file()
+    assert streamed.counts.quantized == 14 and streamed.counts.skipped == ("lm_head",)
+    assert streamed.layer_errors and all(0 <= e < 0.5 for e in streamed.layer_errors.values())
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")  # stock transformers
+    reference = AutoModelForCausalLM.from_pretrained(tmp_path / "standard")
+    ids = torch.randint(0, 1000, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, reference(ids).logits)
+    if label.endswith("-tied"):
+        assert reloaded.lm_head.weight.data_ptr() == reloaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_a_model_larger_than_the_memory_limit_streams_automatically(sharded, tmp_path, capsys, monkeypatch):
+    source = sharded["h96-i160-untied"]
+    weights = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(resources.memory_for_whole_model(weights) - 1))
+    code = main(
+        [
+            str(source),
+            "big",
+            "--quant-type",
+            "int8_weight_only",
+            "--save-only",
+            "--output-dir",
+            str(tmp_path),
+            "--json",
+            "--no-tracking",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "streaming engine: one shard at a time" in captured.err
+    verify = json.loads(captured.out)["results"][0]["verify"]
+    assert verify["ppl_source"] is None and verify["logits_rel_err"] is None  # the source was never loaded whole
+    assert "output error of 8 Linear layers" in verify["checked"] and len(verify["layer_errors"]) == 8
+    assert "Checked: output error of 8 Linear layers" in (tmp_path / "big" / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "big")
+    assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+
+
+def test_gptq_is_refused_when_streaming(sharded, tmp_path, capsys):
+    code = main(
+        [
+            str(sharded["h64-i128-tied"]),
+            "x",
+            "--quant-type",
+            "int4_weight_only",
+            "--int4-method",
+            "gptq",
+            "--streaming",
+            "--save-only",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2 and "needs the whole model in memory" in capsys.readouterr().err
+
+
+def test_a_hub_source_is_streamed_one_shard_at_a_time(hub, sharded, tmp_path, capsys):
+    source = sharded["h96-i160-untied"]
+    upload_model(HfApi(token=ALICE), "alice/sharded", source)
+    shards = sorted(p.name for p in source.glob("model-*.safetensors"))
+    before = len(hub.state.requests)
+    code = main(
+        [
+            "alice/sharded",
+            "alice/sharded-int4",
+            "--quant-type",
+            "int4_weight_only",
+            "--streaming",
+            "--token",
+            ALICE,
+            "--json",
+            "--no-tracking",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)["results"][0]
+    assert result["int4_method"] == "asym" and result["url"].endswith("/alice/sharded-int4")
+    gets = [path for method, path in hub.state.requests[before:] if method == "GET" and "/resolve/" in path]
+    for shard in shards:  # each shard fetched on its own, not through one snapshot of all weights
+        assert sum(path.endswith(shard) for path in gets) == 1
+    pushed = set(HfApi(token=ALICE).list_repo_files("alice/sharded-int4"))
+    assert "model.safetensors.index.json" in pushed and len([f for f in pushed if f.startswith("model-")]) > 1
