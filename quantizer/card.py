@@ -9,6 +9,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from . import int4
+from .hardware import Hardware
 from .hub import repo_url
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
@@ -46,12 +47,18 @@ def reproduce_command(info: SourceInfo, result: RecipeResult) -> str:
 
 
 def render(
-    info: SourceInfo, recipe: Recipe, result: RecipeResult, *, made_on: str, eval_text_name: str, source_dtype: str
+    info: SourceInfo,
+    recipe: Recipe,
+    result: RecipeResult,
+    *,
+    made_on_hardware: Hardware,
+    eval_text_name: str,
+    source_dtype: str,
 ) -> ModelCard:
     v = result.verify
     assert v is not None, "a card describes a verified output"
     source_link = f"[{info.repo_id}]({repo_url(info.repo_id)})" if info.repo_id else f"`{info.name}`"
-    runs_on = "CUDA GPUs only" if "CUDA only" in (result.format or "") else "CPU and CUDA"
+    runs_on = recipe.runs_on(made_on_hardware)
     return ModelCard.from_template(
         card_metadata(info, recipe),
         template_path=str(TEMPLATE),
@@ -67,7 +74,7 @@ def render(
         int4_method=result.int4_method,
         int4_method_text=int4.METHODS.get(result.int4_method or "", ""),
         format=result.format,
-        made_on=made_on,
+        made_on=made_on_hardware.name,
         runs_on=runs_on,
         device_map="cuda" if runs_on == "CUDA GPUs only" else "auto",
         versions=library_versions(),

@@ -15,7 +15,7 @@ from transformers.quantizers.auto import AutoHfQuantizer
 from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from . import int4
+from . import int4, int4_packed
 from .errors import GroupSizeError, QuantizationError
 from .events import EventStream
 from .hardware import Hardware
@@ -34,13 +34,14 @@ class LinearLayer:
 class LayerCount:
     quantized: int
     skipped: tuple[str, ...]  # Linear layers left in the source dtype (a tied or untied lm_head)
+    notes: tuple[str, ...] = ()  # what the engine checked on the way (the CPU packer's inverse and sizes)
 
 
 @dataclass(frozen=True)
 class CustomInt4:
     """int4 qparams computed here (asymmetric round-to-nearest or GPTQ) instead of torchao's round-to-nearest."""
 
-    method: str  # "asym" or "gptq"
+    method: str  # "asym", "gptq", or "tile_packed" (CUDA's int4 layout written on a CPU)
     group_size: int
     dynamic_activations: bool
     calibration: torch.Tensor | None = None  # token ids [rows, seq_len], for gptq
@@ -124,13 +125,17 @@ def quantize_custom_int4(
     hardware: Hardware,
     events: EventStream,
     quant_type: str,
-) -> torch.nn.Module:
+) -> tuple[torch.nn.Module, tuple[str, ...]]:
     """Load the source in its dtype, compute int4 weights with `custom.method`, and install them as torchao
-    Intx tensors with the config that describes them, so save_pretrained writes a normal torchao checkpoint."""
+    tensors with the config that describes them, so save_pretrained writes a normal torchao checkpoint.
+    Also returns what was checked on the way."""
     model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device).eval()
     linears = quantizable_linears(model)
     g = custom.group_size
-    if custom.method == "gptq":
+    notes: tuple[str, ...] = ()
+    if custom.method == "tile_packed":
+        notes = install_tile_packed(linears, g)
+    elif custom.method == "gptq":
         assert custom.calibration is not None, "gptq needs calibration tokens"
 
         def progress(done: int, total: int) -> None:
@@ -139,13 +144,35 @@ def quantize_custom_int4(
         quants = int4.gptq_model(model, list(linears), g, custom.calibration, progress)
     else:
         quants = {name: int4.quantize_asym(module.weight.data, g) for name, module in linears.items()}
-    for name, module in linears.items():
-        tensor = int4.intx_tensor(quants[name], g, module.weight.dtype, custom.dynamic_activations)
-        module.weight = torch.nn.Parameter(tensor, requires_grad=False)
+    if custom.method != "tile_packed":
+        for name, module in linears.items():
+            tensor = int4.intx_tensor(quants[name], g, module.weight.dtype, custom.dynamic_activations)
+            module.weight = torch.nn.Parameter(tensor, requires_grad=False)
     quantization_config = TorchAoConfig(quant_type=torchao_config)
     model.config.quantization_config = quantization_config
     model.hf_quantizer = AutoHfQuantizer.from_config(quantization_config)
-    return model
+    return model, notes
+
+
+def install_tile_packed(linears: dict[str, torch.nn.Linear], group_size: int) -> tuple[str, ...]:
+    """Pack every Linear into CUDA's tile-packed int4 on this CPU, checking each against the independent unpack;
+    returns what was checked (layers, bytes against the format's formula)."""
+    actual = expected = 0
+    for name, module in linears.items():
+        n, k = module.weight.shape
+        tensor, q = int4_packed.build(module.weight.data, group_size)
+        if not torch.equal(int4_packed.unpack(tensor.qdata), q):
+            raise QuantizationError(f"the CPU int4 packer disagrees with the unpack kernel on {name}; nothing was kept")
+        module.weight = torch.nn.Parameter(tensor, requires_grad=False)
+        actual += tensor.qdata.numel() * 4 + tensor.scale_and_zero.numel() * 2
+        expected += int4_packed.packed_bytes(n, k, group_size)
+    if actual != expected:
+        raise QuantizationError(f"packed int4 takes {actual} bytes, the format's formula says {expected}")
+    return (
+        f"packed data of all {len(linears)} layers checked against a CPU port of torchao's unpack kernel",
+        f"packed Linear weights: {actual} bytes, as the formula gives (int4 two to a byte plus bf16 scale and zero "
+        f"per group of {group_size}, K padded to a multiple of 1024 and N to 8)",
+    )
 
 
 def quantize_and_save(
@@ -165,8 +192,9 @@ def quantize_and_save(
     how = f"{custom.method} int4" if custom else type(torchao_config).__name__
     with events.stage("quantize", f"quantizing with {how}", quant_type=quant_type):
         try:
+            notes: tuple[str, ...] = ()
             if custom:
-                model = quantize_custom_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
+                model, notes = quantize_custom_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
                     source_dir,
@@ -177,6 +205,7 @@ def quantize_and_save(
         except Exception as exc:
             raise QuantizationError(f"torchao could not quantize the model with {quant_type}: {exc}") from exc
         counts = count_linear_layers(model)
+        counts = LayerCount(counts.quantized, counts.skipped, notes)
     with events.stage("save", f"saving safetensors to {output_dir.name}", quant_type=quant_type):
         try:
             model.save_pretrained(output_dir)

@@ -183,7 +183,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         targets = {r.name: target_for(spec.target, info.name, r, len(recipes) > 1) for r in recipes}
     notes: list[str] = []
     group_size = spec.group_size or DEFAULT_GROUP_SIZE
-    if any(r.uses_group_size for r in recipes):
+    if any(r.needs_divisible_groups(hardware) for r in recipes):
         layers = planned_linear_layers(info.config)
         group_size, note = choose_group_size(layers, group_size, explicit=spec.group_size is not None)
         if note:
@@ -315,11 +315,21 @@ class RecipeJob:
     calibration: torch.Tensor | None = None
 
     def custom_int4(self) -> CustomInt4 | None:
+        if self.recipe.packed_on_cpu and not self.plan.hardware.is_cuda:
+            return CustomInt4("tile_packed", self.plan.group_size, dynamic_activations=False)
         if not self.plan.custom_int4(self.recipe):
             return None
         return CustomInt4(
             self.plan.int4_method, self.plan.group_size, self.recipe.dynamic_activations, self.calibration
         )
+
+    def int4_method_name(self, custom: CustomInt4 | None) -> str | None:
+        """How the int4 values were chosen: rtn/asym/gptq for Intx, tinygemm for the tile-packed format."""
+        if not self.recipe.uses_group_size:
+            return None
+        if self.recipe.tile_packed(self.plan.hardware):
+            return "tinygemm"
+        return custom.method if custom else "rtn"
 
     def calibration_note(self) -> str:
         where = (
@@ -335,7 +345,7 @@ class RecipeJob:
         custom = self.custom_int4()
         config = (
             int4.declared_config(plan.group_size, recipe.dynamic_activations)
-            if custom
+            if custom and custom.method in ("asym", "gptq")  # Intx with our qparams; tile-packed keeps its config
             else recipe.config(plan.hardware, plan.group_size)
         )
         result = RecipeResult(
@@ -348,7 +358,7 @@ class RecipeJob:
             target_repo=plan.targets[recipe.name],
             source_bytes=plan.info.weight_bytes,
             notes=list(plan.notes) if recipe.uses_group_size else [],
-            int4_method=(custom.method if custom else "rtn") if recipe.uses_group_size else None,
+            int4_method=self.int4_method_name(custom),
         )
         if custom and custom.method == "gptq":
             result.notes.append(self.calibration_note())
@@ -365,6 +375,7 @@ class RecipeJob:
                 result.verify = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
             if counts.skipped:
                 result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
+            result.notes.extend(counts.notes)
             check_sane(result.verify, recipe.name)
             result.output_bytes = weights_bytes(staging)
             result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
@@ -458,7 +469,7 @@ class RecipeJob:
                 self.plan.info,
                 self.recipe,
                 result,
-                made_on=self.plan.hardware.name,
+                made_on_hardware=self.plan.hardware,
                 eval_text_name=Path(self.spec.eval_text).name if self.spec.eval_text else "Python's pydoc topics",
                 source_dtype=str(
                     self.plan.info.config.get("torch_dtype") or self.plan.info.config.get("dtype") or "the source dtype"

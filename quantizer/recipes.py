@@ -46,6 +46,18 @@ class Recipe:
     formats: tuple[tuple[str, str], ...] = ()  # (device, what is stored and where it loads)
     intx_on: tuple[str, ...] = ()  # devices where it stores Intx int4, whose qparams --int4-method can improve
     dynamic_activations: bool = False
+    tile_packed_on: tuple[str, ...] = ()  # devices where the output is CUDA's tile-packed int4 (runs on CUDA only)
+    packed_on_cpu: bool = False  # a CPU writes the tile-packed format with our packer (unverified on a GPU so far)
+
+    def tile_packed(self, hardware: Hardware) -> bool:
+        return hardware.device in self.tile_packed_on
+
+    def needs_divisible_groups(self, hardware: Hardware) -> bool:
+        """Intx groups must divide every width; the tile-packed format pads K to a multiple of 1024 first."""
+        return self.uses_group_size and not self.tile_packed(hardware)
+
+    def runs_on(self, hardware: Hardware) -> str:
+        return "CUDA GPUs only" if self.tile_packed(hardware) or self.devices == ("cuda",) else "CPU and CUDA"
 
     def unsupported_reason(self, hardware: Hardware) -> str | None:
         """Why this recipe cannot run on `hardware`, or None when it can."""
@@ -67,11 +79,17 @@ class Recipe:
 
     @property
     def hardware_text(self) -> str:
+        if self.packed_on_cpu:
+            return "made on CPU or CUDA GPU; runs on CUDA GPU"
         if self.devices == ("cuda",):
             if self.min_cuda_capability:
                 return f"CUDA GPU (compute capability >= {'.'.join(map(str, self.min_cuda_capability))})"
             return "CUDA GPU"
         return "CPU or CUDA GPU"
+
+
+def _tile_packed(hardware: Hardware, group_size: int) -> AOBaseConfig:
+    return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d")
 
 
 def _int4_weight_only(hardware: Hardware, group_size: int) -> AOBaseConfig:
@@ -104,6 +122,7 @@ RECIPES: dict[str, Recipe] = {
             _int4_weight_only,
             uses_group_size=True,
             intx_on=("cpu",),
+            tile_packed_on=("cuda",),
             formats=(
                 (
                     "cuda",
@@ -113,6 +132,27 @@ RECIPES: dict[str, Recipe] = {
                     "cpu",
                     "IntxUnpackedToInt8Tensor: int4 values stored one per int8 byte (same size as int8 "
                     "today); loads on CPU and CUDA",
+                ),
+            ),
+        ),
+        Recipe(
+            "int4_tile_packed",
+            "int4tp",
+            "truly 4-bit int4 (two values a byte), tile-packed for CUDA's int4 kernel; made on any machine, "
+            "runs on CUDA GPUs",
+            _tile_packed,
+            uses_group_size=True,
+            tile_packed_on=("cpu", "cuda"),
+            packed_on_cpu=True,
+            formats=(
+                (
+                    "cuda",
+                    "Int4TilePackedTo4dTensor made by torchao on CUDA: two int4 values per byte; runs on CUDA only",
+                ),
+                (
+                    "cpu",
+                    "Int4TilePackedTo4dTensor written on this CPU with torchao's tinygemm qparams and a CPU port of "
+                    "CUDA's int4 packer: two int4 values per byte; runs on CUDA only; unverified on a GPU so far",
                 ),
             ),
         ),

@@ -8,8 +8,8 @@ the job goes on and says so once. Nothing it records contains the token (message
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-import sys
 import time
 import uuid
 import warnings
@@ -55,8 +55,9 @@ def store_path(project: str) -> Path:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[list[warnings.WarningMessage]]:
-    """Trackio prints to stdout (which carries --json) and warns instead of raising; keep both for us."""
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(sys.stderr):
+    """Trackio prints its own progress to stdout (which carries --json) and warns instead of raising: swallow
+    the prints (the CLI says where runs went) and hand the warnings to the caller."""
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
         yield caught
 

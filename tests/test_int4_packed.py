@@ -1,0 +1,86 @@
+"""CUDA's tile-packed int4 written on a CPU: the layout, the qparams, the sizes, and a stock round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torchao.quantization.quant_primitives import _dequantize_affine_tinygemm
+from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor import Int4TilePackedTo4dTensor
+from transformers import AutoModelForCausalLM
+
+from quantizer import int4_packed, recipes
+from quantizer.cli import main
+from quantizer.hardware import Hardware
+from tests.support.models import TinyShape
+
+SHAPES = [(8, 128), (64, 1024), (200, 1100), (576, 576), (40, 2048)]
+
+
+@pytest.mark.parametrize(("n", "k"), SHAPES)
+def test_pack_and_the_ported_unpack_kernel_are_inverses(n, k):
+    n_p, k_p = int4_packed.padded_shape(n, k)
+    q = torch.randint(0, 16, (n_p, k_p), dtype=torch.int32, generator=torch.Generator().manual_seed(n * k))
+    packed = int4_packed.pack(q)
+    assert packed.shape == (n_p // 8, k_p // 128, 32, 4) and packed.dtype == torch.int32
+    assert torch.equal(int4_packed.unpack(packed), q)
+
+
+def test_a_value_lands_in_the_word_and_nibble_the_layout_names():
+    q = torch.zeros(16, 256, dtype=torch.int32)
+    # n = 9: n_tile 1, row 1; k = 128 + 32 + 16 + 8 + 2*3 + 1 = 191: k_outer 1, j 1, tile 1, h 1, c 3, e 1
+    q[9, 191] = 0xB
+    packed = int4_packed.pack(q)
+    t, nibble = 1 * 4 + 3, 1 * 4 + 1 * 2 + 1
+    word = int(packed[1, 1, t, 1]) & 0xFFFFFFFF
+    assert word == 0xB << (4 * nibble)
+    assert int((packed != 0).sum()) == 1
+
+
+def test_qparams_and_dequantization_match_torchaos_tinygemm_maths():
+    weight = (torch.randn(64, 1100, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    tensor, q = int4_packed.build(weight, 64)
+    _, scale, zero = int4_packed.tinygemm_quantize(weight, 64)
+    reference = _dequantize_affine_tinygemm(q, (1, 64), scale, zero, torch.int32, 0, 15, output_dtype=torch.bfloat16)
+    ours = int4_packed.dequantize(tensor)
+    assert ours.shape == weight.shape
+    assert torch.allclose(ours.float(), reference[:64, :1100].float(), atol=1e-2, rtol=1e-2)
+    assert ((ours.float() - weight.float()).norm() / weight.float().norm()).item() < 0.12
+    assert int4_packed.packed_bytes(64, 1100, 64) == tensor.qdata.numel() * 4 + tensor.scale_and_zero.numel() * 2
+
+
+def test_registry_says_where_it_runs_and_that_the_gpu_check_is_pending():
+    r = recipes.get("int4_tile_packed")
+    cpu = Hardware("cpu")
+    assert r.runs_on(cpu) == "CUDA GPUs only" and r.unsupported_reason(cpu) is None
+    assert "unverified on a GPU" in r.format_on(cpu)
+    assert not r.needs_divisible_groups(cpu)
+
+
+def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_model, tmp_path, capsys):
+    source = tiny_model(TinyShape(hidden=96, intermediate=160, tied=False))
+    code = main([str(source), "packed", "--quant-type", "int4_tile_packed", "--group-size", "32", "--save-only",
+                 "--output-dir", str(tmp_path), "--json", "--no-tracking"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)["results"][0]
+    assert result["group_size"] == 32 and result["int4_method"] == "tinygemm"  # 96 wide: padding makes 32 fit
+    assert "unpack kernel" in result["verify"]["checked"] and result["verify"]["top1_agreement"] > 0.2
+    assert any("as the formula gives" in note for note in result["notes"])
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")  # loads on CPU; runs on CUDA
+    source_model = AutoModelForCausalLM.from_pretrained(source)
+    expected_bytes = 0
+    for (name, module), (_, src) in zip(model.named_modules(), source_model.named_modules(), strict=True):
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            assert isinstance(module.weight, Int4TilePackedTo4dTensor)
+            built, _ = int4_packed.build(src.weight.data, 32)
+            assert torch.equal(module.weight.qdata, built.qdata)
+            assert torch.equal(module.weight.scale_and_zero, built.scale_and_zero)
+            expected_bytes += int4_packed.packed_bytes(*src.weight.shape, 32)
+    config = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
+    assert config["quant_type"]["default"]["_type"] == "Int4WeightOnlyConfig"
+    assert "tile_packed_to_4d" in json.dumps(config).lower()
+    card = (tmp_path / "packed" / "README.md").read_text()
+    assert "| runs on | CUDA GPUs only |" in card and 'device_map="cuda"' in card
