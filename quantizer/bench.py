@@ -155,7 +155,11 @@ def bench(
     model: str | None, types: list[str] | None, repeats: int, new_tokens: int, device: str, extra: list[str]
 ) -> tuple[list[Row], dict]:
     hardware = detect(device)
-    chosen = types or [r.name for r in recipes.RECIPES.values() if r.unsupported_reason(hardware) is None]
+    chosen = types or [  # the types this hardware both makes and runs, since each output is timed here
+        r.name
+        for r in recipes.RECIPES.values()
+        if r.unsupported_reason(hardware) is None and (hardware.is_cuda or r.runs_on(hardware) != "CUDA GPUs only")
+    ]
     with tempfile.TemporaryDirectory(prefix="quantizer-bench-") as tmp:
         work = Path(tmp)
         source, model_name = resolve_model(model, work)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import card as model_card
-from . import int4, resources
+from . import int4, int4_packed, resources
 from . import recipes as recipe_registry
 from .engine import (
     CustomInt4,
@@ -409,7 +409,12 @@ class RecipeJob:
         in memory, else the sampled layers' errors plus a stock reload of the output."""
         plan, recipe, events = self.plan, self.recipe, self.events
         quantize = None
-        if custom:  # asym int4 is per tensor, so it streams; GPTQ is refused in preflight
+        if custom and custom.method == "tile_packed":
+
+            def quantize(weight: torch.Tensor) -> torch.Tensor:
+                return int4_packed.build(weight, custom.group_size)[0]
+
+        elif custom:  # asym int4 is per tensor, so it streams; GPTQ is refused in preflight
 
             def quantize(weight: torch.Tensor) -> torch.Tensor:
                 quant = int4.quantize_asym(weight, custom.group_size)

@@ -60,8 +60,21 @@ def test_registry_says_where_it_runs_and_that_the_gpu_check_is_pending():
 
 def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_model, tmp_path, capsys):
     source = tiny_model(TinyShape(hidden=96, intermediate=160, tied=False))
-    code = main([str(source), "packed", "--quant-type", "int4_tile_packed", "--group-size", "32", "--save-only",
-                 "--output-dir", str(tmp_path), "--json", "--no-tracking"])
+    code = main(
+        [
+            str(source),
+            "packed",
+            "--quant-type",
+            "int4_tile_packed",
+            "--group-size",
+            "32",
+            "--save-only",
+            "--output-dir",
+            str(tmp_path),
+            "--json",
+            "--no-tracking",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = json.loads(captured.out)["results"][0]
