@@ -81,7 +81,12 @@ def make_synthetic(folder: Path, size_gb: float, shard_mb: int) -> Path:
     for i in range(layers):
         names += [(f"model.layers.{i}.{k}", s) for k, s in LAYER_SHAPES.items()]
     names.append(("model.norm.weight", (HIDDEN,)))
+    # one pool of random bf16 values, sliced at a different offset for each tensor: drawing 15G fresh
+    # normals on 2 cores would take longer than the benchmark itself, and quantization cost does not care
     generator = torch.Generator().manual_seed(0)
+    pool = (torch.randn(64 * 2**20, generator=generator) * 0.02).to(torch.bfloat16)
+    largest = max(torch.Size(shape).numel() for _, shape in names)
+    pool = pool.repeat((largest + pool.numel()) // pool.numel() + 1)
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     weight_map, files = {}, []
@@ -94,10 +99,14 @@ def make_synthetic(folder: Path, size_gb: float, shard_mb: int) -> Path:
             weight_map[key] = name
         shards[-1] = {}
 
-    for key, shape in names:
-        t = torch.randn(shape, generator=generator, dtype=torch.float32).mul_(0.02).to(torch.bfloat16)
-        if len(shape) == 1:
-            t.fill_(1.0)
+    for index, (key, shape) in enumerate(names):
+        numel = torch.Size(shape).numel()
+        offset = (index * 7919 * 1024) % (pool.numel() - numel)
+        t = (
+            torch.ones(shape, dtype=torch.bfloat16)
+            if len(shape) == 1
+            else pool[offset : offset + numel].view(shape).clone()
+        )
         if size + t.numel() * 2 > shard_mb * 1e6 and shards[-1]:
             flush()
             size = 0

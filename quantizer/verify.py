@@ -164,6 +164,33 @@ def reference_figures(source_dir: Path, hardware: Hardware, data: EvalData, even
             gc.collect()
 
 
+def reload_and_measure(
+    output_dir: Path, hardware: Hardware, data: EvalData, events: EventStream, quant_type: str
+) -> tuple:
+    """Stock `from_pretrained` of the output, then its figures on the job's inputs.
+
+    Returns (layer counts, figures, load seconds, tile-packed layers run dequantized). On a CPU,
+    CUDA's tile-packed int4 weights are unpacked first: the int4 kernel needs CUDA.
+    """
+    from .engine import count_linear_layers
+
+    try:
+        started = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
+        load_seconds = time.perf_counter() - started
+        tokenizer = load_tokenizer(output_dir)
+    except Exception as exc:
+        raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
+    try:
+        counts = count_linear_layers(model)
+        unpacked = 0 if hardware.is_cuda else dequantize_tile_packed(model)
+        got = measure(model, tokenizer, data, events, quant_type)
+    finally:
+        del model
+        gc.collect()
+    return counts, got, load_seconds, unpacked
+
+
 def dequantize_tile_packed(model) -> int:
     """Swap CUDA tile-packed int4 weights for their dequantized bf16 values so a CPU can run the model;
     returns how many were swapped. The values come from our port of torchao's unpack kernel, independent
@@ -199,25 +226,12 @@ def verify_output(
 
     Returns the figures even when they are bad; `check_sane` decides whether the output is kept.
     """
-    from .engine import count_linear_layers
 
     with events.stage(
         "verify", "reloading with stock transformers and comparing with the source", quant_type=quant_type
     ):
-        try:
-            started = time.perf_counter()
-            model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
-            load_seconds = time.perf_counter() - started
-            tokenizer = load_tokenizer(output_dir)
-        except Exception as exc:
-            raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
-        try:
-            counts = count_linear_layers(model)
-            unpacked = 0 if hardware.is_cuda else dequantize_tile_packed(model)
-            got = measure(model, tokenizer, data, events, quant_type)
-        finally:
-            del model
-            gc.collect()
+        reloaded = reload_and_measure(output_dir, hardware, data, events, quant_type)
+    counts, got, load_seconds, unpacked = reloaded
     rel_err, top1 = compare(ref, got)
     checked = FULL_CHECK
     if unpacked:
@@ -289,7 +303,6 @@ def verify_streamed(
     """Verification when the source is too large to run as a whole: the sampled layers' output error
     measured while streaming, then (when the output fits in memory) a stock reload with perplexity and
     a sample of the quantized model alone."""
-    from .engine import count_linear_layers
 
     layers = (
         f"output error of {len(layer_errors)} Linear layers spread over the model (worst "
@@ -312,19 +325,7 @@ def verify_streamed(
             layer_errors=layer_errors,
         )
     with events.stage("verify", "reloading with stock transformers", quant_type=quant_type):
-        try:
-            started = time.perf_counter()
-            model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
-            load_seconds = time.perf_counter() - started
-            tokenizer = load_tokenizer(output_dir)
-        except Exception as exc:
-            raise VerificationError(f"the saved {quant_type} model does not reload with transformers: {exc}") from exc
-        try:
-            counts = count_linear_layers(model)
-            got = measure(model, tokenizer, data, events, quant_type)
-        finally:
-            del model
-            gc.collect()
+        counts, got, load_seconds, _ = reload_and_measure(output_dir, hardware, data, events, quant_type)
     return VerifyResult(
         reload_ok=True,
         logits_rel_err=None,

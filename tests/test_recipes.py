@@ -22,6 +22,7 @@ def test_registry_has_every_type_of_the_design_table():
         "int8_dynamic_int4_weight": "8da4w",
         "float8_weight_only": "fp8wo",
         "float8_dynamic": "fp8dq",
+        "int4_tile_packed": "int4tp",  # issue 9: CUDA's tile-packed int4, written on any machine
     }
     assert all(r.description and r.format_on(CPU if "cpu" in r.devices else H100) for r in recipes.RECIPES.values())
 
