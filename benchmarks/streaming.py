@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from quantizer.pipeline import weights_bytes
 from quantizer.report import human_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,7 +148,7 @@ def run_engine(engine: str, source: Path, out: Path, quant_type: str) -> dict:
         "engine": engine,
         "seconds": round(time.perf_counter() - started, 1),
         "peak_rss_bytes": usage.ru_maxrss * 1024,
-        "output_bytes": sum(p.stat().st_size for p in out.glob("*.safetensors")),
+        "output_bytes": weights_bytes(out),
     }
 
 
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     size = args.size_gb or (2.0 if args.mode == "compare" else 30.0)
     source = make_synthetic(args.workdir / f"synthetic-{size:g}gb", size, args.shard_mb)
-    source_bytes = sum(p.stat().st_size for p in source.glob("*.safetensors"))
+    source_bytes = weights_bytes(source)
     rows = []
     engines = ("standard", "streaming") if args.mode == "compare" else ("streaming",)
     for engine in engines:

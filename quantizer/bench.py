@@ -31,6 +31,7 @@ import torch
 from . import recipes
 from .demo import DEMO_NAME, prepare
 from .hardware import Hardware, detect
+from .pipeline import weights_bytes
 from .report import human_bytes
 
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -51,10 +52,6 @@ class Row:
     ppl_delta_pct: float
     top1_agreement: float
     speed_vs_source: float = 1.0
-
-
-def weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
 def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> tuple[dict, float, int]:

@@ -250,11 +250,6 @@ def capture_layer_inputs(model, calibration: torch.Tensor, batch: int):
     return hidden, kwargs_by_size
 
 
-def linear_params(model, names: list[str]) -> int:
-    modules = dict(model.named_modules())
-    return sum(modules[n].weight.numel() for n in names)
-
-
 def estimated_gptq_seconds_from_config(config: dict) -> float:
     """A rough GPTQ time from config.json alone (Linear parameters of the decoder layers)."""
     d = config.get("hidden_size", 0)

@@ -16,7 +16,6 @@ known at the end: each shard reserves room in its header, rewritten once every s
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +195,3 @@ def skipped_linear_names(config_dict: dict, quantizable: set[str]) -> tuple[str,
     return tuple(
         n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.weight" not in quantizable
     )
-
-
-def output_shard_bytes(folder: Path) -> int:
-    return sum(os.path.getsize(p) for p in folder.glob("*.safetensors"))
