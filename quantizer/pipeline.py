@@ -449,8 +449,6 @@ class RecipeJob:
             except Exception as exc:
                 raise QuantizationError(f"torchao could not quantize the model with {recipe.name}: {exc}") from exc
             copy_side_files(self.source_dir, staging)
-            if (self.source_dir / "generation_config.json").is_file():
-                shutil.copy2(self.source_dir / "generation_config.json", staging / "generation_config.json")
         if reference is not None:
             full = verify_output(staging, plan.hardware, data, reference, events, recipe.name)
             layers = f"; output error of {len(streamed.layer_errors)} sampled Linear layers"

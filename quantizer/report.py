@@ -74,10 +74,6 @@ class Report:
     error: str | None = None  # a failure before any recipe ran
     tracking: str | None = None  # where the Trackio runs were recorded
 
-    @property
-    def ok(self) -> bool:
-        return self.error is None and bool(self.results) and all(r.ok for r in self.results)
-
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -16,6 +16,7 @@ known at the end: each shard reserves room in its header, rewritten once every s
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,8 @@ def stream_quantize(
         index_out = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (output_dir / INDEX_NAME).write_text(json.dumps(index_out, indent=2, sort_keys=True) + "\n")
     write_config(output_dir, config_dict, torchao_config)
+    if (source_dir / "generation_config.json").is_file():  # save_pretrained writes it on the standard path
+        shutil.copy2(source_dir / "generation_config.json", output_dir / "generation_config.json")
     missing = quantizable - set(names)
     if missing:
         raise ValueError(f"the source has no tensor for {sorted(missing)[:3]}")

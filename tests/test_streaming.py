@@ -13,13 +13,13 @@ from transformers import AutoModelForCausalLM
 
 from quantizer import recipes, resources
 from quantizer.cli import main
-from quantizer.engine import quantize_and_save
+from quantizer.engine import copy_side_files, quantize_and_save
 from quantizer.events import EventStream
 from quantizer.hardware import Hardware
 from quantizer.streaming import stream_quantize
 from tests.conftest import ALICE
 from tests.support.hub_repos import upload_model
-from tests.support.models import TinyShape, copy_tokenizer
+from tests.support.models import TinyShape
 
 CPU = Hardware("cpu")
 # the types a CPU both makes and runs (int4_tile_packed runs on CUDA only; it has its own tests)
@@ -33,7 +33,7 @@ def sharded(tiny_model, tmp_path_factory):
     for shape in (TinyShape(), TinyShape(hidden=96, intermediate=160, tied=False)):
         folder = tmp_path_factory.mktemp(f"sharded-{shape.label}")
         AutoModelForCausalLM.from_pretrained(tiny_model(shape)).save_pretrained(folder, max_shard_size="4MB")
-        copy_tokenizer(tiny_model(shape), folder)
+        copy_side_files(tiny_model(shape), folder)
         assert len(list(folder.glob("model-*.safetensors"))) > 1
         made[shape.label] = folder
     return made
@@ -70,6 +70,7 @@ def test_streaming_writes_what_the_torchaoconfig_path_writes(quant_type, label, 
     assert quant_config[0] == quant_config[1]
     assert len(list((tmp_path / "streamed").glob("model-*.safetensors"))) > 1
     assert (tmp_path / "streamed" / "model.safetensors.index.json").is_file()
+    assert (tmp_path / "streamed" / "generation_config.json").is_file()
     assert streamed.counts.quantized == 14 and streamed.counts.skipped == ("lm_head",)
     assert streamed.layer_errors and all(0 <= e < 0.5 for e in streamed.layer_errors.values())
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, SmolLM3Config
 
-from quantizer.source import TOKENIZER_FILES
+from quantizer.engine import copy_side_files
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,6 @@ class TinyShape:
 
 
 DEFAULT_SHAPE = TinyShape()
-
-
-def copy_tokenizer(tokenizer_dir: Path, folder: Path) -> None:
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy2(tokenizer_dir / name, folder / name)
 
 
 def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = DEFAULT_SHAPE, seed: int = 0) -> Path:
@@ -54,7 +47,7 @@ def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = DEF
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
-    copy_tokenizer(tokenizer_dir, folder)
+    copy_side_files(tokenizer_dir, folder)
     return folder
 
 
