@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from quantizer import int4_packed
+from quantizer.int4 import packed as int4_packed
 
 
 def packer_vs_cuda(shapes) -> list[dict]:
@@ -71,7 +71,8 @@ def built_vs_from_hp(shapes, group_size: int = 128) -> list[dict]:
 def checkpoint_on_cuda(source: Path, work: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from quantizer.verify import build_eval_data, default_eval_text, dequantize_tile_packed
+    from quantizer.int4.packed import dequantize_tile_packed
+    from quantizer.texts import build_eval_data, default_eval_text
 
     out = work / f"{source.name}-int4tp"
     subprocess.run(
@@ -128,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU: this check needs one", file=sys.stderr)
         return 2
+    from benchmarks.tiny_models import TinyShape, build_tiny_smollm3
     from quantizer.demo import prepare
-    from tests.support.models import TinyShape, build_tiny_smollm3
 
     shapes = [(8, 1024), (64, 1024), (576, 1024), (1536, 2048), (200, 2048)]
     report = {

@@ -25,8 +25,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from quantizer.pipeline import weights_bytes
 from quantizer.report import human_bytes
+from quantizer.safetensors_io import weights_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYER_SHAPES = {  # SmolLM3-3B's shapes

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from . import int4
 from .hardware import Hardware
 from .hub import repo_url
+from .int4 import METHODS
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
-from .verify import SAMPLE_PROMPT, SAMPLE_TOKENS
+from .texts import SAMPLE_PROMPT, SAMPLE_TOKENS
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md.j2"
 COPIED_FIELDS = ("license", "license_name", "license_link", "language", "pipeline_tag")
@@ -72,7 +72,7 @@ def render(
         torchao_config=result.torchao_config,
         group_size=result.group_size,
         int4_method=result.int4_method,
-        int4_method_text=int4.METHODS.get(result.int4_method or "", ""),
+        int4_method_text=METHODS[result.int4_method].description if result.int4_method in METHODS else "",
         format=result.format,
         made_on=made_on_hardware.name,
         runs_on=runs_on,

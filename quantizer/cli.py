@@ -18,7 +18,7 @@ from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
 from .report import results_table
-from .verify import DEFAULT_EVAL_TOKENS
+from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,9 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--int4-method",
         choices=tuple(int4.METHODS),
         default=None,
-        help="how int4 weights are chosen for the Intx int4 types: rtn (torchao's round-to-nearest), "
-        "asym (float zero points, instant), gptq (calibrated, most accurate); default: gptq when "
-        "it fits in about 15 minutes here, else asym",
+        help="how int4 weights are chosen for the Intx int4 types: "
+        + "; ".join(f"{m.name} ({m.description})" for m in int4.METHODS.values())
+        + f"; default: {int4.auto_description()}",
     )
     p.add_argument(
         "--calibration-text",
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration-tokens",
         type=int,
-        default=int4.DEFAULT_CALIBRATION_TOKENS,
-        help=f"calibration tokens for GPTQ (default {int4.DEFAULT_CALIBRATION_TOKENS})",
+        default=DEFAULT_CALIBRATION_TOKENS,
+        help=f"calibration tokens for GPTQ (default {DEFAULT_CALIBRATION_TOKENS})",
     )
     p.add_argument(
         "--streaming",

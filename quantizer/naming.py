@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from .errors import InputError
 from .recipes import Recipe
+from .source import parse_repo_ref
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -21,8 +23,27 @@ def split_repo_id(repo_id: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
+def base_target_name(source_name: str) -> str:
+    """The name several types share before each adds its suffix."""
+    return f"{source_name}-torchao"
+
+
 def default_target_name(source_name: str, recipe: Recipe) -> str:
-    return f"{source_name}-torchao-{recipe.suffix}"
+    return f"{base_target_name(source_name)}-{recipe.suffix}"
+
+
+def source_name(ref: str) -> str:
+    """The model name of a source as the user typed it: the repo's name, or the folder's."""
+    parsed = parse_repo_ref(ref or "")
+    if parsed:
+        return parsed[0].split("/")[1]
+    return Path(ref or "model").name or "model"
+
+
+def suggested_target_name(source: str, recipes: list[Recipe]) -> str:
+    """What the form proposes: the default name of the one type, or the shared base that each type extends."""
+    name = source_name(source)
+    return default_target_name(name, recipes[0]) if len(recipes) == 1 else base_target_name(name)
 
 
 def target_for(target: str | None, source_name: str, recipe: Recipe, several: bool) -> str:

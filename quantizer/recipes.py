@@ -24,6 +24,8 @@ from torchao.quantization import (
 
 from .errors import GroupSizeError, RecipeError
 from .hardware import Hardware
+from .int4.formats import INTX, TILE_PACKED, Int4Format
+from .layers import LinearLayer
 
 DEFAULT_GROUP_SIZE = 128
 GROUP_SIZES = (256, 128, 64, 32)  # largest first: the automatic choice takes the first that fits
@@ -32,32 +34,39 @@ BOTH = ("int8_weight_only", "int4_weight_only")
 ConfigBuilder = Callable[[Hardware, int], AOBaseConfig]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Recipe:
-    """One quantization type: how to build its torchao config and where it can run."""
+    """One quantization type: how to build its torchao config, where it can run, and (int4 types) the storage
+    format it writes on each device."""
 
     name: str
     suffix: str
     description: str
     build: ConfigBuilder
     devices: tuple[str, ...] = ("cpu", "cuda")
-    uses_group_size: bool = False
     min_cuda_capability: tuple[int, int] | None = None
-    formats: tuple[tuple[str, str], ...] = ()  # (device, what is stored and where it loads)
-    intx_on: tuple[str, ...] = ()  # devices where it stores Intx int4, whose qparams --int4-method can improve
+    formats: tuple[tuple[str, str], ...] = ()  # (device or "any", what is stored and where it loads)
+    int4_formats: tuple[tuple[str, Int4Format], ...] = ()  # (device or "any", how int4 values are stored)
     dynamic_activations: bool = False
-    tile_packed_on: tuple[str, ...] = ()  # devices where the output is CUDA's tile-packed int4 (runs on CUDA only)
-    packed_on_cpu: bool = False  # a CPU writes the tile-packed format with our packer (unverified on a GPU so far)
 
-    def tile_packed(self, hardware: Hardware) -> bool:
-        return hardware.device in self.tile_packed_on
+    @property
+    def uses_group_size(self) -> bool:
+        return bool(self.int4_formats)
+
+    def int4_format(self, hardware: Hardware) -> Int4Format | None:
+        """The int4 storage format on this hardware; None for types that are not int4."""
+        by_device = dict(self.int4_formats)
+        return by_device.get(hardware.device, by_device.get("any"))
 
     def needs_divisible_groups(self, hardware: Hardware) -> bool:
         """Intx groups must divide every width; the tile-packed format pads K to a multiple of 1024 first."""
-        return self.uses_group_size and not self.tile_packed(hardware)
+        storage = self.int4_format(hardware)
+        return storage is not None and not storage.pads_k
 
     def runs_on(self, hardware: Hardware) -> str:
-        return "CUDA GPUs only" if self.tile_packed(hardware) or self.devices == ("cuda",) else "CPU and CUDA"
+        storage = self.int4_format(hardware)
+        cuda_only = (storage is not None and storage.cuda_only) or self.devices == ("cuda",)
+        return "CUDA GPUs only" if cuda_only else "CPU and CUDA"
 
     def unsupported_reason(self, hardware: Hardware) -> str | None:
         """Why this recipe cannot run on `hardware`, or None when it can."""
@@ -79,7 +88,7 @@ class Recipe:
 
     @property
     def hardware_text(self) -> str:
-        if self.packed_on_cpu:
+        if "cpu" in self.devices and self.runs_on(Hardware("cpu")) == "CUDA GPUs only":
             return "made on CPU or CUDA GPU; runs on CUDA GPU"
         if self.devices == ("cuda",):
             if self.min_cuda_capability:
@@ -102,27 +111,26 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
-            "int8_weight_only",
-            "int8wo",
-            "int8 weights, per-row scale; about half the size with almost no quality loss",
-            lambda hw, g: Int8WeightOnlyConfig(),
+            name="int8_weight_only",
+            suffix="int8wo",
+            description="int8 weights, per-row scale; about half the size with almost no quality loss",
+            build=lambda hw, g: Int8WeightOnlyConfig(),
             formats=(("any", "Int8Tensor: int8 weights with a per-row scale; loads on CPU and CUDA"),),
         ),
         Recipe(
-            "int8_dynamic",
-            "int8dq",
-            "int8 weights and int8 activations quantized on the fly; faster matmuls on hardware with int8 kernels",
-            lambda hw, g: Int8DynamicActivationInt8WeightConfig(),
+            name="int8_dynamic",
+            suffix="int8dq",
+            description="int8 weights and int8 activations quantized on the fly; faster matmuls on hardware with "
+            "int8 kernels",
+            build=lambda hw, g: Int8DynamicActivationInt8WeightConfig(),
             formats=(("any", "Int8Tensor with dynamic int8 activations; loads on CPU and CUDA"),),
         ),
         Recipe(
-            "int4_weight_only",
-            "int4wo",
-            "int4 weights in groups; tile-packed 4-bit on CUDA, portable Intx (one int4 per byte) on CPU",
-            _int4_weight_only,
-            uses_group_size=True,
-            intx_on=("cpu",),
-            tile_packed_on=("cuda",),
+            name="int4_weight_only",
+            suffix="int4wo",
+            description="int4 weights in groups; tile-packed 4-bit on CUDA, portable Intx (one int4 per byte) on CPU",
+            build=_int4_weight_only,
+            int4_formats=(("cpu", INTX), ("cuda", TILE_PACKED)),
             formats=(
                 (
                     "cuda",
@@ -136,14 +144,12 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
-            "int4_tile_packed",
-            "int4tp",
-            "truly 4-bit int4 (two values a byte), tile-packed for CUDA's int4 kernel; made on any machine, "
-            "runs on CUDA GPUs",
-            _tile_packed,
-            uses_group_size=True,
-            tile_packed_on=("cpu", "cuda"),
-            packed_on_cpu=True,
+            name="int4_tile_packed",
+            suffix="int4tp",
+            description="truly 4-bit int4 (two values a byte), tile-packed for CUDA's int4 kernel; made on any "
+            "machine, runs on CUDA GPUs",
+            build=_tile_packed,
+            int4_formats=(("any", TILE_PACKED),),
             formats=(
                 (
                     "cuda",
@@ -157,14 +163,13 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
-            "int8_dynamic_int4_weight",
-            "8da4w",
-            "int4 grouped weights with int8 dynamic activations; the format ExecuTorch and mobile CPUs use",
-            lambda hw, g: Int8DynamicActivationIntxWeightConfig(
+            name="int8_dynamic_int4_weight",
+            suffix="8da4w",
+            description="int4 grouped weights with int8 dynamic activations; the format ExecuTorch and mobile CPUs use",
+            build=lambda hw, g: Int8DynamicActivationIntxWeightConfig(
                 weight_dtype=torch.int4, weight_granularity=PerGroup(g)
             ),
-            uses_group_size=True,
-            intx_on=("cpu", "cuda"),
+            int4_formats=(("any", INTX),),
             dynamic_activations=True,
             formats=(
                 (
@@ -175,17 +180,17 @@ RECIPES: dict[str, Recipe] = {
             ),
         ),
         Recipe(
-            "float8_weight_only",
-            "fp8wo",
-            "float8 (e4m3) weights; for GPUs with float8 support (works on CPU, slowly)",
-            lambda hw, g: Float8WeightOnlyConfig(),
+            name="float8_weight_only",
+            suffix="fp8wo",
+            description="float8 (e4m3) weights; for GPUs with float8 support (works on CPU, slowly)",
+            build=lambda hw, g: Float8WeightOnlyConfig(),
             formats=(("any", "Float8Tensor: float8 e4m3 weights; loads on CPU and CUDA, fast on CUDA"),),
         ),
         Recipe(
-            "float8_dynamic",
-            "fp8dq",
-            "float8 weights and activations; fastest on H100-class GPUs",
-            lambda hw, g: Float8DynamicActivationFloat8WeightConfig(),
+            name="float8_dynamic",
+            suffix="fp8dq",
+            description="float8 weights and activations; fastest on H100-class GPUs",
+            build=lambda hw, g: Float8DynamicActivationFloat8WeightConfig(),
             devices=("cuda",),
             min_cuda_capability=(8, 9),
             formats=(("any", "Float8Tensor with dynamic float8 activations; loads on CUDA (>= 8.9)"),),
@@ -212,6 +217,15 @@ def resolve(names: list[str]) -> list[Recipe]:
     return [get(n) for n in expanded]
 
 
+def made_and_run_on(hardware: Hardware) -> list[str]:
+    """The types this hardware both makes and runs (int4_tile_packed is made on a CPU but runs on CUDA only)."""
+    return [
+        r.name
+        for r in RECIPES.values()
+        if r.unsupported_reason(hardware) is None and (hardware.is_cuda or r.runs_on(hardware) != "CUDA GPUs only")
+    ]
+
+
 def check_supported(recipes: list[Recipe], hardware: Hardware) -> None:
     """Refuse, before any loading, every recipe the hardware cannot run."""
     reasons = [r for r in (recipe.unsupported_reason(hardware) for recipe in recipes) if r]
@@ -223,6 +237,36 @@ def check_group_size_value(group_size: int) -> None:
     if group_size not in GROUP_SIZES:
         sizes = ", ".join(map(str, sorted(GROUP_SIZES)))
         raise GroupSizeError(f"group size {group_size} is not supported: use one of {sizes}.")
+
+
+def choose_group_size(layers: list[LinearLayer], requested: int, explicit: bool) -> tuple[int, str | None]:
+    """Return a group size that divides every layer's in_features, and a note when it differs from `requested`.
+
+    torchao cannot quantize a layer whose width the group size does not divide. When the user
+    asked for a size explicitly, we refuse and list the layers; with the default we take the
+    largest standard size that fits everything and say so.
+    """
+    misfits = [layer for layer in layers if layer.in_features % requested]
+    if not misfits:
+        return requested, None
+    widths = sorted({layer.in_features for layer in layers})
+    fitting = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
+    shown = ", ".join(f"{m.name} ({m.in_features})" for m in misfits[:6])
+    more = f" and {len(misfits) - 6} more" if len(misfits) > 6 else ""
+    if explicit or not fitting:
+        hint = (
+            f"use --group-size {fitting[0]}"
+            if fitting
+            else "no standard group size (256/128/64/32) divides them; use an int8 type instead"
+        )
+        raise GroupSizeError(
+            f"group size {requested} does not divide the input width of {len(misfits)} layer(s): {shown}{more}; {hint}."
+        )
+    note = (
+        f"group size {requested} does not divide the layer widths {widths}; "
+        f"using {fitting[0]}, the largest of {'/'.join(map(str, GROUP_SIZES))} that divides all of them"
+    )
+    return fitting[0], note
 
 
 def registry_table() -> str:

@@ -34,7 +34,7 @@ def value_repr(value) -> str:
     return repr(value)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RecipeResult:
     quant_type: str
     suffix: str
@@ -44,7 +44,7 @@ class RecipeResult:
     format: str | None = None
     device: str | None = None
     group_size: int | None = None
-    int4_method: str | None = None  # rtn | asym | gptq, for the int4 types
+    int4_method: str | None = None  # how the int4 values were chosen (Int4Choice.label), for the int4 types
     target_repo: str | None = None
     output_dir: str | None = None
     url: str | None = None
@@ -61,7 +61,7 @@ class RecipeResult:
         return self.status == "ok"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Report:
     source: str
     revision: str | None

@@ -1,8 +1,9 @@
 """Where a model comes from, and the checks made before any weight is read.
 
 A source is anything that can `inspect()` itself cheaply (config and file list only) and
-`fetch()` the files a job needs into a folder. `LocalSource` is a folder on disk; the Hub
-source plugs in through the same two methods.
+`fetch()` what a job needs: a `Fetched` folder with config and tokenizer, holding the weights too,
+or handing out one weight shard at a time (the streaming engine). `LocalSource` is a folder on
+disk; `HubSource` a repo. The pipeline never asks which one it has.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -51,7 +53,7 @@ def _causal_lm_classes() -> set[str]:
 CAUSAL_LM_CLASSES = _causal_lm_classes()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SourceInfo:
     """What preflight learned about a source without reading its weights."""
 
@@ -91,12 +93,34 @@ class SourceInfo:
         return bool(self.config.get("tie_word_embeddings", True))
 
 
+@dataclass(frozen=True, kw_only=True)
+class Fetched:
+    """What a job has of its source: a folder with config, tokenizer and shard index, and each weight shard
+    through `shard` (already in the folder when `weights_here`, else fetched on demand and given back with
+    `release` once it has been read)."""
+
+    folder: Path
+    weights_here: bool
+    shard: Callable[[str], Path]
+    release: Callable[[str], None]
+
+
+def keep(_name: str) -> None:
+    """`release` for shards the job does not own (a local folder, a whole download removed with the job)."""
+
+
+def in_folder(folder: Path) -> Callable[[str], Path]:
+    return lambda name: folder / name
+
+
 class Source(Protocol):
     """A model to quantize: inspect it cheaply, then fetch what a job needs."""
 
     def inspect(self) -> SourceInfo: ...
 
-    def fetch(self, workdir: Path, events: EventStream) -> Path: ...
+    def fetch(self, workdir: Path, events: EventStream, *, weights: bool = True) -> Fetched:
+        """Everything but the weights into a folder under `workdir`; the weights too when `weights`."""
+        ...
 
 
 def select_weight_files(files: list[str]) -> list[str]:
@@ -183,8 +207,9 @@ class LocalSource:
             largest_weight_file=max((self.path / f).stat().st_size for f in weights),
         )
 
-    def fetch(self, workdir: Path, events: EventStream) -> Path:
-        return self.path
+    def fetch(self, workdir: Path, events: EventStream, *, weights: bool = True) -> Fetched:
+        """Used in place: the weights are always here already."""
+        return Fetched(folder=self.path, weights_here=True, shard=in_folder(self.path), release=keep)
 
 
 class HubSource:
@@ -224,14 +249,29 @@ class HubSource:
         )
         return self._info
 
-    def fetch_side_files(self, workdir: Path, events: EventStream) -> Path:
-        """Config, tokenizer and index only: streaming then downloads one weight shard at a time."""
+    def fetch(self, workdir: Path, events: EventStream, *, weights: bool = True) -> Fetched:
         info = self._info or self.inspect()
+        folder = workdir / "source"
+        if weights:
+            events.log(
+                f"downloading {len(info.needed_files)} files ({info.weight_bytes / 1e6:.1f} MB of weights) "
+                f"from {self.repo_id}@{info.revision[:8]}"
+            )
+            self.hub.download(self.repo_id, info.revision, info.needed_files, folder)
+            return Fetched(folder=folder, weights_here=True, shard=in_folder(folder), release=keep)
         events.log(
             f"downloading config and tokenizer from {self.repo_id}@{info.revision[:8]}; weights follow "
             "one shard at a time"
         )
-        return self.hub.download(self.repo_id, info.revision, info.side_files, workdir / "source")
+        self.hub.download(self.repo_id, info.revision, info.side_files, folder)
+        shards = workdir / "shards"
+
+        def release(name: str) -> None:
+            (shards / name).unlink(missing_ok=True)
+
+        return Fetched(
+            folder=folder, weights_here=False, shard=lambda name: self.download_shard(name, shards), release=release
+        )
 
     def download_shard(self, name: str, folder: Path) -> Path:
         info = self._info or self.inspect()
@@ -239,14 +279,6 @@ class HubSource:
         if path is None:
             raise SourceError(f"{self.repo_id} lost its weight file {name} during the job; try again.")
         return path
-
-    def fetch(self, workdir: Path, events: EventStream) -> Path:
-        info = self._info or self.inspect()
-        events.log(
-            f"downloading {len(info.needed_files)} files ({info.weight_bytes / 1e6:.1f} MB of weights) "
-            f"from {self.repo_id}@{info.revision[:8]}"
-        )
-        return self.hub.download(self.repo_id, info.revision, info.needed_files, workdir / "source")
 
 
 def read_config(path: Path, where: str) -> dict:

@@ -27,8 +27,8 @@ from torchao.prototype.safetensors.safetensors_support import flatten_tensor_sta
 from torchao.quantization import quantize_
 from transformers import TorchAoConfig
 
-from .engine import LayerCount, planned_linear_layers
 from .events import EventStream
+from .layers import LayerCount, planned_linear_layers, planned_skipped_linears
 from .safetensors_io import ShardReader, ShardWriter, rewrite_metadata
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -68,7 +68,7 @@ def reserve_for(shard_tensors: int, n_tensors: int, n_quantized: int) -> int:
     return 4096 + shard_tensors * 4 * 200 + n_tensors * 200 + n_quantized * 1536
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Streamed:
     """What streaming wrote: Linear layer counts and, for a sample of layers, their output error."""
 
@@ -179,7 +179,9 @@ def stream_quantize(
     missing = quantizable - set(names)
     if missing:
         raise ValueError(f"the source has no tensor for {sorted(missing)[:3]}")
-    return Streamed(LayerCount(quantized, skipped_linear_names(config_dict, quantizable)), layer_errors)
+    return Streamed(
+        counts=LayerCount(quantized=quantized, skipped=planned_skipped_linears(config_dict)), layer_errors=layer_errors
+    )
 
 
 def write_config(output_dir: Path, config_dict: dict, torchao_config: AOBaseConfig) -> None:
@@ -187,14 +189,3 @@ def write_config(output_dir: Path, config_dict: dict, torchao_config: AOBaseConf
     config = {k: v for k, v in config_dict.items() if k != "quantization_config"}
     config["quantization_config"] = TorchAoConfig(quant_type=torchao_config).to_dict()
     (output_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def skipped_linear_names(config_dict: dict, quantizable: set[str]) -> tuple[str, ...]:
-    """The Linear layers left as they are (the lm_head), named as count_linear_layers names them."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config_dict))
-    return tuple(
-        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and f"{n}.weight" not in quantizable
-    )

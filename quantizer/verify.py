@@ -17,65 +17,20 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .errors import InputError, VerificationError
+from .errors import VerificationError
 from .events import EventStream
 from .hardware import Hardware
+from .int4.packed import dequantize_tile_packed
+from .layers import LayerCount, count_linear_layers
+from .texts import SAMPLE_TOKENS, EvalData
 
-DEFAULT_EVAL_TOKENS = 2048
-WINDOW = 256  # perplexity window length, tokens
-LOGITS_BATCH = (4, 64)  # sequences x tokens for the logits comparison
-SAMPLE_PROMPT = "What is the capital of France? Answer in one sentence."
-SAMPLE_TOKENS = 24
 # Below this top-1 agreement an output is broken, not merely lossy (random models still agree far more).
 TOP1_FLOOR = 0.2
 PPL_RATIO_CEILING = 4.0
 LAYER_ERROR_CEILING = 0.5  # a sampled layer whose output is off by half is broken
 
 
-def default_eval_text() -> str:
-    """Real English prose that ships with Python: the standard library's pydoc topics."""
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key] for key in sorted(topics))
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """The fixed inputs every model of a job is measured on."""
-
-    windows: torch.Tensor  # [n, WINDOW] token ids for perplexity
-    batch: torch.Tensor  # LOGITS_BATCH token ids for the logits comparison (disjoint from windows)
-    prompt_ids: torch.Tensor  # [1, n] the sample prompt, chat template applied when there is one
-
-    @property
-    def eval_tokens(self) -> int:
-        return self.windows.numel()
-
-
-def build_eval_data(tokenizer, text: str, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> EvalData:
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    n_windows = max(1, eval_tokens // WINDOW)
-    rows, cols = LOGITS_BATCH
-    needed = n_windows * WINDOW + rows * cols
-    if ids.numel() < needed:
-        raise InputError(
-            f"the evaluation text has {ids.numel()} tokens; at least {needed} are needed: give a longer --eval-text."
-        )
-    windows = ids[: n_windows * WINDOW].reshape(n_windows, WINDOW)
-    batch = ids[n_windows * WINDOW : needed].reshape(rows, cols)
-    return EvalData(windows, batch, prompt_ids(tokenizer))
-
-
-def prompt_ids(tokenizer) -> torch.Tensor:
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": SAMPLE_PROMPT}], tokenize=False, add_generation_prompt=True
-        )
-        return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    return tokenizer(SAMPLE_PROMPT, return_tensors="pt")["input_ids"]
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Figures:
     """What one model produced on the job's EvalData."""
 
@@ -89,7 +44,7 @@ class Figures:
 FULL_CHECK = "the whole model against the source: logits and top-1 on a fixed batch, perplexity, a sample"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class VerifyResult:
     """Verification figures. The comparisons with the source are None when the source was too large to run
     as a whole (streaming); `checked` says what was measured."""
@@ -142,7 +97,7 @@ def measure(model, tokenizer, data: EvalData, events: EventStream, quant_type: s
     if eos is not None and (new == eos).any():  # the answer ends at the first end-of-sequence
         new = new[: int((new == eos).nonzero()[0])]
     sample = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return Figures(logits, ppl, sample, speed)
+    return Figures(logits=logits, ppl=ppl, sample=sample, tokens_per_second=speed)
 
 
 def load_tokenizer(folder: Path):
@@ -172,8 +127,6 @@ def reload_and_measure(
     Returns (layer counts, figures, load seconds, tile-packed layers run dequantized). On a CPU,
     CUDA's tile-packed int4 weights are unpacked first: the int4 kernel needs CUDA.
     """
-    from .engine import count_linear_layers
-
     try:
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(output_dir, device_map=hardware.device).eval()
@@ -189,22 +142,6 @@ def reload_and_measure(
         del model
         gc.collect()
     return counts, got, load_seconds, unpacked
-
-
-def dequantize_tile_packed(model) -> int:
-    """Swap CUDA tile-packed int4 weights for their dequantized bf16 values so a CPU can run the model;
-    returns how many were swapped. The values come from our port of torchao's unpack kernel, independent
-    of the packer that wrote them."""
-    from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor import Int4TilePackedTo4dTensor
-
-    from .int4_packed import dequantize
-
-    swapped = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and isinstance(module.weight, Int4TilePackedTo4dTensor):
-            module.weight = torch.nn.Parameter(dequantize(module.weight), requires_grad=False)
-            swapped += 1
-    return swapped
 
 
 def compare(ref: Figures, got: Figures) -> tuple[float, float]:
@@ -298,7 +235,7 @@ def verify_streamed(
     quant_type: str,
     layer_errors: dict[str, float],
     load_output: bool,
-    counts,
+    counts: LayerCount,
 ) -> VerifyResult:
     """Verification when the source is too large to run as a whole: the sampled layers' output error
     measured while streaming, then (when the output fits in memory) a stock reload with perplexity and
@@ -310,17 +247,17 @@ def verify_streamed(
     )
     if not load_output:
         return VerifyResult(
-            False,
-            None,
-            None,
-            None,
-            None,
-            None,
-            0,
-            0,
-            "",
-            "",
-            0,
+            reload_ok=False,
+            logits_rel_err=None,
+            top1_agreement=None,
+            ppl_source=None,
+            ppl_quantized=None,
+            ppl_delta_pct=None,
+            quantized_linear=counts.quantized,
+            skipped_linear=len(counts.skipped),
+            sample="",
+            sample_source="",
+            eval_tokens=0,
             checked=layers + "; the output is larger than memory, so it was not reloaded",
             layer_errors=layer_errors,
         )

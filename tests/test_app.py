@@ -17,8 +17,8 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.tracking import history
-from quantizer.verify import build_eval_data, default_eval_text
 from tests.conftest import ALICE
 from tests.support.app_server import ROOT, AppServer
 from tests.support.hub_repos import upload_model, variant

@@ -6,8 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from quantizer import bench
-from quantizer.recipes import RECIPES
+from benchmarks import compare as bench
+from quantizer.hardware import Hardware
+from quantizer.recipes import made_and_run_on
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsy
     assert code == 0
     data = json.loads((tmp_path / "tiny.json").read_text())
     names = [row["name"] for row in data["rows"]]
-    assert names == ["source", *(n for n, r in RECIPES.items() if "cpu" in r.devices and not r.packed_on_cpu)]
+    assert names == ["source", *made_and_run_on(Hardware("cpu"))]
     for row in data["rows"]:
         for key, value in row.items():
             if key in ("quantize_seconds", "quantize_peak_rss_bytes") and row["name"] == "source":

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from quantizer.engine import LinearLayer, choose_group_size, planned_linear_layers
 from quantizer.errors import GroupSizeError
+from quantizer.layers import LinearLayer, planned_linear_layers
+from quantizer.recipes import choose_group_size
 from tests.support.models import TinyShape
 
 WIDE = [LinearLayer("a", 576, 64), LinearLayer("b", 1536, 576)]

@@ -85,7 +85,7 @@ def test_repo_id_to_pushed_target_that_stock_transformers_loads(hub, hub_source,
     script = textwrap.dedent("""
         import json, sys, torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from quantizer.verify import build_eval_data, default_eval_text
+        from quantizer.texts import build_eval_data, default_eval_text
         source, target = sys.argv[1], sys.argv[2]
         data = build_eval_data(AutoTokenizer.from_pretrained(target), default_eval_text())
         with torch.no_grad():

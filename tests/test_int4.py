@@ -8,8 +8,8 @@ import torch
 from quantizer import int4, recipes
 from quantizer.errors import InputError
 from quantizer.hardware import Hardware
-from quantizer.pipeline import JobSpec, choose_int4_method
-from quantizer.verify import LOGITS_BATCH, WINDOW, build_eval_data, default_eval_text
+from quantizer.int4.gptq import quantize_gptq
+from quantizer.texts import LOGITS_BATCH, WINDOW, build_eval_data, default_calibration_text, default_eval_text
 
 SMOL_CONFIG = {
     "hidden_size": 576,
@@ -20,6 +20,13 @@ SMOL_CONFIG = {
     "head_dim": 64,
 }
 INT4 = [recipes.get("int4_weight_only")]
+
+
+def choose_int4_method(requested, chosen_recipes, hardware, config, streaming=False):
+    """The method name the job would use (as preflight asks the int4 registry), and why."""
+    formats = {r.name: f for r in chosen_recipes if (f := r.int4_format(hardware))}
+    method, why = int4.choose_method(requested, formats, config, streaming=streaming, cuda=hardware.is_cuda)
+    return (method.name if method else None), why
 
 
 def test_asym_recovers_weights_that_sit_on_its_grid():
@@ -44,7 +51,7 @@ def test_gptq_lowers_the_output_error_against_round_to_nearest():
     w = torch.randn(n, k)
     hessian = 2 * x.T @ x / x.shape[0]
     rtn = int4.quantize_asym(w, g).dequantize(g)
-    gptq = int4.quantize_gptq(w, hessian, g).dequantize(g)
+    gptq = quantize_gptq(w, hessian, g).dequantize(g)
     err_rtn = (x @ (w - rtn).T).norm()
     err_gptq = (x @ (w - gptq).T).norm()
     assert err_gptq < 0.75 * err_rtn
@@ -52,22 +59,22 @@ def test_gptq_lowers_the_output_error_against_round_to_nearest():
 
 def test_default_is_gptq_when_it_fits_the_budget_else_asym(monkeypatch):
     cpu = Hardware("cpu")
-    method, why = choose_int4_method(JobSpec("x"), INT4, cpu, SMOL_CONFIG)
+    method, why = choose_int4_method(None, INT4, cpu, SMOL_CONFIG)
     assert method == "gptq" and "about" in why
     monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", "60")
-    method, why = choose_int4_method(JobSpec("x"), INT4, cpu, SMOL_CONFIG)
+    method, why = choose_int4_method(None, INT4, cpu, SMOL_CONFIG)
     assert method == "asym" and "pass --int4-method gptq" in why
-    assert choose_int4_method(JobSpec("x", int4_method="rtn"), INT4, cpu, SMOL_CONFIG)[0] == "rtn"
-    assert choose_int4_method(JobSpec("x"), [recipes.get("int8_weight_only")], cpu, SMOL_CONFIG)[0] is None
+    assert choose_int4_method("rtn", INT4, cpu, SMOL_CONFIG)[0] == "rtn"
+    assert choose_int4_method(None, [recipes.get("int8_weight_only")], cpu, SMOL_CONFIG)[0] is None
 
 
 def test_cuda_tile_packed_int4_takes_only_torchaos_own_qparams():
     h100 = Hardware("cuda", (9, 0), "H100")
-    assert choose_int4_method(JobSpec("x"), INT4, h100, SMOL_CONFIG)[0] is None
+    assert choose_int4_method(None, INT4, h100, SMOL_CONFIG)[0] is None
     with pytest.raises(InputError, match="tile-packed"):
-        choose_int4_method(JobSpec("x", int4_method="gptq"), INT4, h100, SMOL_CONFIG)
+        choose_int4_method("gptq", INT4, h100, SMOL_CONFIG)
     # 8da4w stays Intx on CUDA, so GPTQ applies there
-    assert choose_int4_method(JobSpec("x"), [recipes.get("int8_dynamic_int4_weight")], h100, SMOL_CONFIG)[0] == "gptq"
+    assert choose_int4_method(None, [recipes.get("int8_dynamic_int4_weight")], h100, SMOL_CONFIG)[0] == "gptq"
 
 
 def test_calibration_text_is_disjoint_from_the_evaluation_text(demo_model):
@@ -79,5 +86,5 @@ def test_calibration_text_is_disjoint_from_the_evaluation_text(demo_model):
     used = data.eval_tokens + LOGITS_BATCH[0] * LOGITS_BATCH[1]
     prefix_ids = tokenizer(text[: len(text) // 2], add_special_tokens=False)["input_ids"]
     assert len(prefix_ids) > 10 * used  # everything evaluation reads lies in the first half
-    assert int4.default_calibration_text() == text[len(text) // 2 :]
+    assert default_calibration_text() == text[len(text) // 2 :]
     assert data.eval_tokens == WINDOW * 8

@@ -10,9 +10,10 @@ from torchao.quantization.quant_primitives import _dequantize_affine_tinygemm
 from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor import Int4TilePackedTo4dTensor
 from transformers import AutoModelForCausalLM
 
-from quantizer import int4_packed, recipes
+from quantizer import recipes
 from quantizer.cli import main
 from quantizer.hardware import Hardware
+from quantizer.int4 import packed as int4_packed
 from tests.support.models import TinyShape
 
 SHAPES = [(8, 128), (64, 1024), (200, 1100), (576, 576), (40, 2048)]

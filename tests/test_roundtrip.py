@@ -10,12 +10,13 @@ from torchao.utils import TorchAOBaseTensor
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quantizer.cli import main
-from quantizer.recipes import RECIPES
-from quantizer.verify import build_eval_data, default_eval_text
+from quantizer.hardware import Hardware
+from quantizer.recipes import RECIPES, made_and_run_on
+from quantizer.texts import build_eval_data, default_eval_text
 from tests.support.models import TinyShape
 
 # the types a CPU both makes and runs (int4_tile_packed runs on CUDA only; it has its own tests)
-CPU_TYPES = [name for name, r in RECIPES.items() if "cpu" in r.devices and not r.packed_on_cpu]
+CPU_TYPES = made_and_run_on(Hardware("cpu"))
 SHAPES = [
     TinyShape(),  # tied embeddings, every width divisible by 128's divisors
     TinyShape(hidden=96, intermediate=160, tied=False),  # 128 and 64 divide neither width: group size 32
@@ -61,7 +62,9 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
         assert not isinstance(model.lm_head.weight, TorchAOBaseTensor)
         if shape.tied:
             assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-        if RECIPES[result["quant_type"]].intx_on:  # the int4 types: GPTQ by default, float zero points kept
+        if RECIPES[result["quant_type"]].int4_format(
+            Hardware("cpu")
+        ):  # the int4 types: GPTQ by default, float zero points kept
             assert result["int4_method"] == "gptq"
             weight = model.model.layers[0].mlp.down_proj.weight
             assert weight.zero_point.dtype == torch.bfloat16 and weight.qdata.dtype == torch.int8

@@ -23,7 +23,7 @@ from tests.support.models import TinyShape
 
 CPU = Hardware("cpu")
 # the types a CPU both makes and runs (int4_tile_packed runs on CUDA only; it has its own tests)
-CPU_TYPES = [name for name, r in recipes.RECIPES.items() if "cpu" in r.devices and not r.packed_on_cpu]
+CPU_TYPES = recipes.made_and_run_on(CPU)
 
 
 @pytest.fixture(scope="module")

@@ -4,101 +4,41 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import gradio as gr
 
-from quantizer import int4, recipes
+from quantizer import recipes
+from quantizer.errors import QuantizerError
 from quantizer.events import Event, format_line
 from quantizer.hardware import detect
-from quantizer.pipeline import JobSpec
-from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
+from quantizer.naming import suggested_target_name
 from quantizer.report import Report, results_table
-from quantizer.source import parse_repo_ref
 
 from . import auth
+from .form import NAMES, FormValues, api_handler, components, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
 from .jobs import Finished, JobProgress, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
-AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
-AUTO_METHOD = "auto (gptq when it fits in about 15 minutes here, else asym)"
-METHOD_CHOICES = [(AUTO_METHOD, "auto")] + [(f"{name}: {text}", name) for name, text in int4.METHODS.items()]
-OUTPUT_ROOT = Path(os.environ.get("QUANTIZER_OUTPUT_ROOT", "out/space"))
 LOG_INTERVAL = 0.25  # seconds between page updates while events stream in
 
 
-def type_choices() -> tuple[list[tuple[str, str]], list[str]]:
-    """Checkbox choices for the types this hardware runs, and a line for each it cannot (shown disabled)."""
-    hardware = detect("auto")
-    runnable, refused = [], []
-    for r in recipes.RECIPES.values():
-        reason = r.unsupported_reason(hardware)
-        if reason:
-            refused.append(f"- ~~{r.name}~~: {reason}")
-        else:
-            runnable.append((f"{r.name}: {r.description} ({r.hardware_text})", r.name))
-    return runnable, refused
-
-
 def suggested_name(source: str, types: list[str]) -> str:
-    """`{source name}-torchao-{suffix}` for one type; several types each add their suffix to `{name}-torchao`."""
-    parsed = parse_repo_ref(source or "")
-    name = parsed[0].split("/")[1] if parsed else Path(source or "model").name or "model"
-    if len(types or []) == 1 and types[0] in recipes.RECIPES:
-        return f"{name}-torchao-{recipes.RECIPES[types[0]].suffix}"
-    return f"{name}-torchao"
+    """The target name the form proposes, by the naming rule the pipeline applies."""
+    known = [recipes.RECIPES[t] for t in types or [] if t in recipes.RECIPES]
+    return suggested_target_name(source, known)
 
 
-def build_spec(
-    source: str,
-    types: list[str],
-    group_size: str,
-    int4_method: str,
-    target_name: str,
-    namespace: str,
-    private: bool,
-    overwrite: bool,
-    save_only: bool,
-    token: str | None,
-) -> JobSpec:
-    name = (target_name or "").strip() or None
-    target = f"{namespace}/{name}" if name and namespace else name
-    return JobSpec(
-        source=(source or "").strip(),
-        target=target,
-        quant_types=list(types or []),
-        group_size=None if group_size in (None, "", AUTO_GROUP) else int(group_size),
-        int4_method=None if int4_method in (None, "", "auto") else int4_method,
-        save_only=save_only,
-        output_dir=OUTPUT_ROOT / uuid.uuid4().hex[:12] if save_only else None,
-        overwrite=overwrite,
-        token=token,
-        private=private,
-    )
-
-
-def quantize(
-    source: str,
-    quant_types: list[str],
-    group_size: str,
-    int4_method: str,
-    target_name: str,
-    namespace: str,
-    private: bool,
-    overwrite: bool,
-    save_only: bool,
-    token: str,
-    oauth_token: gr.OAuthToken | None = None,
-    progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's way of asking for a progress bar
-) -> Iterator[tuple]:
+def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr.Progress | None) -> Iterator[tuple]:
     """Quantize SOURCE with each type, verify, and push (or save on the Space); streams the log as it goes.
 
-    Returns (status, log, results table, sizes chart, samples, report as JSON).
+    Only `source` is required: the types default to int8_weight_only, the target name to
+    `{source name}-torchao-{suffix}`, the namespace to the token's owner. Returns (status, log, results
+    table, sizes chart, samples, report as JSON), updated while the job runs.
     """
+    progress = progress or gr.Progress()
     started = time.time()
     log: list[str] = []
 
@@ -117,24 +57,26 @@ def quantize(
             report.to_dict() if report else None,
         )
 
-    if not (source or "").strip():
+    if not (values.source or "").strip():
         yield view("❌ give a source: a Hub repo id (namespace/name) or a folder on this machine.")
         return
-    if not quant_types:
+    if not values.quant_types:
         yield view("❌ choose at least one quantization type.")
         return
-    secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
-    spec = build_spec(
-        source, quant_types, group_size, int4_method, target_name, namespace, private, overwrite, save_only, secret
-    )
+    secret = auth.resolve_token(values.token, oauth_token.token if oauth_token else None)
+    try:
+        spec = values.to_spec(secret)
+    except QuantizerError as exc:
+        yield view(f"❌ {exc}")
+        return
     log.append(
         stamp(
             f"job started: {spec.source} -> {', '.join(spec.quant_types)}"
-            f"{' (saved on the Space only)' if save_only else ''}"
+            f"{' (saved on the Space only)' if spec.save_only else ''}"
         )
     )
     yield view("⏳ running…")
-    tracker = JobProgress(len(spec.quant_types), push=not save_only)
+    tracker = JobProgress(len(spec.quant_types), push=spec.push)
     last_update = 0.0
     for item in stream_job(spec):
         if isinstance(item, Finished):
@@ -175,8 +117,10 @@ def show_history():
 
 
 def build_app() -> gr.Blocks:
-    runnable, refused = type_choices()
     hardware = detect("auto")
+    _, refused = type_choices(hardware)
+    build = components(hardware, show_token=not auth.on_space())
+    form: dict[str, gr.components.Component] = {}
     with gr.Blocks(title="torchao quantizer") as app:
         gr.Markdown(
             "# 🗜️ torchao quantizer\n"
@@ -187,52 +131,20 @@ def build_app() -> gr.Blocks:
         with gr.Row():
             if auth.oauth_configured():
                 gr.LoginButton()
-            token = gr.Textbox(
-                label="Hugging Face token",
-                type="password",
-                placeholder="hf_…",
-                visible=not auth.on_space(),
-                info="write access to the target namespace; never shown or stored",
-            )
+            form["token"] = build["token"]()
         with gr.Tab("Quantize"):
             with gr.Row():
                 with gr.Column(scale=3):
-                    source = gr.Textbox(
-                        label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
-                    )
-                    gr.Examples(EXAMPLE_SOURCES, inputs=source, label="Examples")
-                    quant_types = gr.CheckboxGroup(
-                        runnable,
-                        value=[runnable[0][1]] if runnable else [],
-                        label="Quantization types",
-                        elem_id="quant-types",
-                    )
+                    form["source"] = build["source"]()
+                    gr.Examples(EXAMPLE_SOURCES, inputs=form["source"], label="Examples")
+                    form["quant_types"] = build["quant_types"]()
                     if refused:
                         gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
-                    group_size = gr.Dropdown(
-                        [AUTO_GROUP, *map(str, GROUP_SIZES)], value=AUTO_GROUP, label="Group size (int4 types)"
-                    )
-                    int4_method = gr.Dropdown(
-                        METHOD_CHOICES,
-                        value="auto",
-                        label="int4 method (int4 types stored as Intx)",
-                        info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
-                        "source; asym is instant; rtn is torchao's plain rounding",
-                        elem_id="int4-method",
-                    )
+                    form["group_size"] = build["group_size"]()
+                    form["int4_method"] = build["int4_method"]()
                 with gr.Column(scale=2):
-                    namespace = gr.Dropdown(
-                        [],
-                        label="Namespace",
-                        allow_custom_value=True,
-                        info="sign in or give a token to choose where to push",
-                    )
-                    target_name = gr.Textbox(
-                        label="Target name", elem_id="target-name", info="several types each add their suffix"
-                    )
-                    private = gr.Checkbox(label="Private repo")
-                    overwrite = gr.Checkbox(label="Overwrite an existing repo")
-                    save_only = gr.Checkbox(label="Save on the Space only (no push)", elem_id="save-only")
+                    for name in ("namespace", "target_name", "private", "overwrite", "save_only"):
+                        form[name] = build[name]()
                     run_button = gr.Button("Quantize", variant="primary", elem_id="run")
             status = gr.Markdown(elem_id="status")
             log = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
@@ -261,27 +173,17 @@ def build_app() -> gr.Blocks:
             )
             refresh = gr.Button("Refresh", elem_id="history-refresh")
 
+        source, quant_types, token, namespace = form["source"], form["quant_types"], form["token"], form["namespace"]
         for trigger in (source.change, quant_types.change):
-            trigger(suggested_name, [source, quant_types], target_name, api_name=False, show_progress="hidden")
+            trigger(suggested_name, [source, quant_types], form["target_name"], api_name=False, show_progress="hidden")
         token.blur(refresh_namespaces, token, namespace, api_name=False)
         app.load(refresh_namespaces, token, namespace, api_name=False)
         for trigger in (history_tab.select, refresh.click):
             trigger(show_history, None, history, api_name=False)
         app.load(show_history, None, history, api_name="history")
         run_button.click(
-            quantize,
-            [
-                source,
-                quant_types,
-                group_size,
-                int4_method,
-                target_name,
-                namespace,
-                private,
-                overwrite,
-                save_only,
-                token,
-            ],
+            api_handler(quantize),
+            [form[name] for name in NAMES],
             [status, log, results, chart, samples, report],
             api_name="quantize",
             concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", "1")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from quantizer.report import Report, fmt, human_bytes
-from quantizer.verify import SAMPLE_PROMPT
+from quantizer.texts import SAMPLE_PROMPT
 
 RESULT_COLUMNS = [
     "type",

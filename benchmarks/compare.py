@@ -1,6 +1,6 @@
 """`make bench`: every quantization type the hardware runs, measured side by side against the source.
 
-    python -m quantizer.bench [MODEL] [--types T ...] [--repeats 5] [--new-tokens 32] [--name NAME]
+    python -m benchmarks.compare [MODEL] [--types T ...] [--repeats 5] [--new-tokens 32] [--name NAME]
 
 MODEL is a folder or a Hub repo id (default: the bundled SmolLM2-135M-Instruct). Each type is
 quantized by the real CLI in its own process, whose peak RSS (the kernel's maximum resident set
@@ -28,13 +28,13 @@ from pathlib import Path
 
 import torch
 
-from . import recipes
-from .demo import DEMO_NAME, prepare
-from .hardware import Hardware, detect
-from .pipeline import weights_bytes
-from .report import human_bytes
+from quantizer import recipes
+from quantizer.demo import DEMO_NAME, prepare
+from quantizer.hardware import Hardware, detect
+from quantizer.report import human_bytes
+from quantizer.safetensors_io import weights_bytes
 
-RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "The three most important ideas in computer science are"
 
 
@@ -139,9 +139,9 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
     path = Path(model).expanduser()
     if path.is_dir():
         return path, path.resolve().name
-    from .events import EventStream
-    from .hub import Hub
-    from .source import open_source
+    from quantizer.events import EventStream
+    from quantizer.hub import Hub
+    from quantizer.source import open_source
 
     source = open_source(model, Hub(os.environ.get("HF_TOKEN")))
     info = source.inspect()
@@ -152,11 +152,7 @@ def bench(
     model: str | None, types: list[str] | None, repeats: int, new_tokens: int, device: str, extra: list[str]
 ) -> tuple[list[Row], dict]:
     hardware = detect(device)
-    chosen = types or [  # the types this hardware both makes and runs, since each output is timed here
-        r.name
-        for r in recipes.RECIPES.values()
-        if r.unsupported_reason(hardware) is None and (hardware.is_cuda or r.runs_on(hardware) != "CUDA GPUs only")
-    ]
+    chosen = types or recipes.made_and_run_on(hardware)  # each output is timed here
     with tempfile.TemporaryDirectory(prefix="quantizer-bench-") as tmp:
         work = Path(tmp)
         source, model_name = resolve_model(model, work)
@@ -257,7 +253,7 @@ def chart(rows: list[Row], meta: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantizer.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="folder or repo id (default: the bundled SmolLM2-135M-Instruct)")
     parser.add_argument("--types", nargs="+", default=None, help="quant types (default: all this hardware runs)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -266,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default: DEVICE-MODEL)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args, extra = parser.parse_known_args(argv)
-    from .cli import quiet_libraries
+    from quantizer.cli import quiet_libraries
 
     quiet_libraries()
     rows, meta = bench(args.model, args.types, args.repeats, args.new_tokens, args.device, extra)

@@ -120,3 +120,15 @@ def dequantize(tensor: Int4TilePackedTo4dTensor) -> torch.Tensor:
     zero = tensor.scale_and_zero[..., 1].transpose(0, 1).float()
     w = (q - 8) * scale.repeat_interleave(group_size, 1) + zero.repeat_interleave(group_size, 1)
     return w[:n, :k].to(torch.bfloat16)
+
+
+def dequantize_tile_packed(model: torch.nn.Module) -> int:
+    """Swap CUDA tile-packed int4 weights for their dequantized bf16 values so a CPU can run the model;
+    returns how many were swapped. The values come from the port of torchao's unpack kernel, independent
+    of the packer that wrote them."""
+    swapped = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and isinstance(module.weight, Int4TilePackedTo4dTensor):
+            module.weight = torch.nn.Parameter(dequantize(module.weight), requires_grad=False)
+            swapped += 1
+    return swapped

@@ -1,0 +1,99 @@
+"""Where a verified output goes: a staging folder, then the model card, the push, and the local copy.
+
+Nothing is half-published: each type is written into a fresh staging folder, and only a verified
+output gets its card, is pushed in one commit (the Hub layer deletes a repo it created if the
+upload fails) and is renamed into its final folder; the caller removes the staging folder whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import card as model_card
+from .events import EventStream
+from .hardware import Hardware
+from .hub import Hub, repo_url
+from .recipes import Recipe
+from .report import RecipeResult
+from .source import SourceInfo
+from .spec import JobSpec
+from .texts import DEFAULT_EVAL_TEXT_NAME
+
+
+@dataclass(kw_only=True)
+class Publisher:
+    """Publishes the outputs of one job."""
+
+    spec: JobSpec
+    info: SourceInfo
+    hardware: Hardware
+    hub: Hub
+    events: EventStream
+    workdir: Path
+
+    def staging_folder(self, recipe: Recipe, target: str) -> Path:
+        """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""
+        if self.spec.local_dir is None:
+            return Path(tempfile.mkdtemp(prefix=f"{recipe.suffix}-", dir=self.workdir))
+        parent = self.spec.local_folder(target).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{recipe.suffix}.partial-", dir=parent))
+
+    def publish(self, staging: Path, recipe: Recipe, result: RecipeResult) -> None:
+        """Card, then push and/or keep; `result` gets the url and the output folder."""
+        self.write_card(staging, recipe, result)
+        if self.spec.push:
+            self.push(staging, recipe, result)
+        if self.spec.local_dir is not None:
+            final = self.spec.local_folder(result.target_repo)
+            replace_folder(staging, final)
+            result.output_dir = str(final)
+
+    def write_card(self, folder: Path, recipe: Recipe, result: RecipeResult) -> None:
+        with self.events.stage("card", "writing the model card", quant_type=recipe.name):
+            card = model_card.render(
+                self.info,
+                recipe,
+                result,
+                made_on_hardware=self.hardware,
+                eval_text_name=Path(self.spec.eval_text).name if self.spec.eval_text else DEFAULT_EVAL_TEXT_NAME,
+                source_dtype=str(
+                    self.info.config.get("torch_dtype") or self.info.config.get("dtype") or "the source dtype"
+                ),
+            )
+            if self.spec.push:
+                self.hub.call("validating the model card", card.validate)
+            card.save(folder / "README.md")
+
+    def push(self, folder: Path, recipe: Recipe, result: RecipeResult) -> None:
+        info, target = self.info, result.target_repo
+        revision = f" at {info.revision[:12]}" if info.revision else ""
+        message = f"Quantize {info.ref}{revision} with torchao {recipe.name}"
+        description = f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
+        with self.events.stage("push", f"pushing to {target} in one commit", quant_type=recipe.name):
+            url, _ = self.hub.push(
+                folder,
+                target,
+                private=self.spec.private,
+                message=message,
+                description=description,
+                replace=self.spec.overwrite,
+            )
+        result.url = url
+        self.events.log(f"pushed {repo_url(target)}", quant_type=recipe.name)
+
+
+def replace_folder(staging: Path, final: Path) -> None:
+    """Move a finished output into place; an existing folder (--overwrite) goes only once the new one is ready."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(final)

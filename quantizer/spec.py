@@ -1,0 +1,51 @@
+"""What a job is asked to do: the one `JobSpec` that the CLI's flags and the Space's form both fill in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .naming import split_repo_id
+from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
+
+DEFAULT_OUTPUT_DIR = Path("out")
+
+
+@dataclass(kw_only=True)
+class JobSpec:
+    """Everything a job needs to know; the CLI's flags and the UI's form both map onto this."""
+
+    source: str
+    target: str | None = None  # namespace/name or name; None: the naming rule
+    namespace: str | None = None  # where a push goes when `target` names none; None: the token's owner
+    quant_types: list[str] = field(default_factory=lambda: ["int8_weight_only"])
+    group_size: int | None = None  # None: the default, adjusted automatically to fit the model
+    device: str = "auto"
+    save_only: bool = False
+    output_dir: Path | None = None  # save-only: default ./out; a push keeps a local copy only when given
+    overwrite: bool = False
+    token: str | None = None
+    private: bool = False
+    eval_text: Path | None = None
+    eval_tokens: int = DEFAULT_EVAL_TOKENS
+    debug: bool = False  # re-raise unexpected errors instead of recording them
+    int4_method: str | None = None  # a name from quantizer.int4.METHODS; None: the best that fits the budget
+    calibration_text: Path | None = None  # for calibrated methods; default: the half of pydoc topics not evaluated
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
+    track: bool = True  # record each type as a Trackio run
+    trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
+
+    @property
+    def push(self) -> bool:
+        return not self.save_only
+
+    @property
+    def local_dir(self) -> Path | None:
+        """Where outputs are kept on this machine, if anywhere."""
+        return Path(self.output_dir) if self.output_dir else (None if self.push else DEFAULT_OUTPUT_DIR)
+
+    def local_folder(self, target: str) -> Path:
+        """The folder an output named `target` is kept in (only when `local_dir` is set)."""
+        assert self.local_dir is not None
+        return self.local_dir / split_repo_id(target)[1]

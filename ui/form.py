@@ -1,0 +1,185 @@
+"""The form, defined once: each field's name, type, default and component.
+
+`FormValues` is the one list of the form's fields. From it follow the page's inputs (in its order),
+the `quantize` API's signature (names, types and defaults, so a script can pass `source` alone and
+the rest by keyword), and the `JobSpec` a job runs with. A field is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import typing
+import uuid
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from quantizer import int4, recipes
+from quantizer.errors import InputError
+from quantizer.hardware import Hardware
+from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
+from quantizer.spec import JobSpec
+
+AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
+AUTO = "auto"
+DEFAULT_TYPE = "int8_weight_only"
+
+
+def output_root() -> Path:
+    """Where "save on the Space only" keeps outputs (QUANTIZER_OUTPUT_ROOT)."""
+    return Path(os.environ.get("QUANTIZER_OUTPUT_ROOT", "out/space"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FormValues:
+    """What the page and the API send; every field but `source` may be left out by an API caller."""
+
+    source: str
+    quant_types: list[str] = field(default_factory=lambda: [DEFAULT_TYPE])
+    group_size: str = AUTO_GROUP  # AUTO_GROUP or one of GROUP_SIZES as text
+    int4_method: str = AUTO  # AUTO or a name from quantizer.int4.METHODS
+    target_name: str = ""  # empty: {source name}-torchao-{suffix}
+    namespace: str | None = None  # None or empty: the token's owner
+    private: bool = False
+    overwrite: bool = False
+    save_only: bool = False
+    token: str | None = None  # None or empty: the sign-in (on a Space) or HF_TOKEN (elsewhere)
+
+    def to_spec(self, token: str | None) -> JobSpec:
+        """The job these values ask for; values the form would never send are refused with a sentence."""
+        types = list(self.quant_types or [])
+        return JobSpec(
+            source=(self.source or "").strip(),
+            target=(self.target_name or "").strip() or None,
+            namespace=(self.namespace or "").strip() or None,
+            quant_types=types,
+            group_size=parse_group_size(self.group_size),
+            int4_method=None if self.int4_method in (None, "", AUTO) else self.int4_method,
+            save_only=bool(self.save_only),
+            output_dir=output_root() / uuid.uuid4().hex[:12] if self.save_only else None,
+            overwrite=bool(self.overwrite),
+            token=token,
+            private=bool(self.private),
+        )
+
+
+def parse_group_size(value: str | int | None) -> int | None:
+    if value in (None, "", AUTO, AUTO_GROUP):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        sizes = ", ".join(map(str, sorted(GROUP_SIZES)))
+        raise InputError(f"group size '{value}' is not a number: use '{AUTO}' or one of {sizes}.") from None
+
+
+NAMES = tuple(f.name for f in fields(FormValues))
+POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
+
+
+def default(name: str) -> Any:
+    f = next(f for f in fields(FormValues) if f.name == name)
+    return f.default_factory() if f.default_factory is not MISSING else (None if f.default is MISSING else f.default)
+
+
+def type_choices(hardware: Hardware) -> tuple[list[tuple[str, str]], list[str]]:
+    """Checkbox choices for the types this hardware runs, and a line for each it cannot (shown struck through)."""
+    runnable, refused = [], []
+    for r in recipes.RECIPES.values():
+        reason = r.unsupported_reason(hardware)
+        if reason:
+            refused.append(f"- ~~{r.name}~~: {reason}")
+        else:
+            runnable.append((f"{r.name}: {r.description} ({r.hardware_text})", r.name))
+    return runnable, refused
+
+
+def method_choices() -> list[tuple[str, str]]:
+    return [(int4.auto_description(), AUTO)] + [(f"{m.name}: {m.description}", m.name) for m in int4.METHODS.values()]
+
+
+def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[], gr.components.Component]]:
+    """A builder per field, each starting at the field's default, so the page and the API agree on it."""
+    runnable, _ = type_choices(hardware)
+    return {
+        "source": lambda: gr.Textbox(
+            label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
+        ),
+        "quant_types": lambda: gr.CheckboxGroup(
+            runnable, value=default("quant_types"), label="Quantization types", elem_id="quant-types"
+        ),
+        "group_size": lambda: gr.Dropdown(
+            [AUTO_GROUP, *map(str, GROUP_SIZES)], value=default("group_size"), label="Group size (int4 types)"
+        ),
+        "int4_method": lambda: gr.Dropdown(
+            method_choices(),
+            value=default("int4_method"),
+            label="int4 method (int4 types stored as Intx)",
+            info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
+            "source; asym is instant; rtn is torchao's plain rounding",
+            elem_id="int4-method",
+        ),
+        "target_name": lambda: gr.Textbox(
+            value=default("target_name"),
+            label="Target name",
+            elem_id="target-name",
+            info="several types each add their suffix",
+        ),
+        "namespace": lambda: gr.Dropdown(
+            [],
+            value=None,
+            label="Namespace",
+            allow_custom_value=True,
+            info="sign in or give a token to choose where to push",
+        ),
+        "private": lambda: gr.Checkbox(value=default("private"), label="Private repo"),
+        "overwrite": lambda: gr.Checkbox(value=default("overwrite"), label="Overwrite an existing repo"),
+        "save_only": lambda: gr.Checkbox(
+            value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
+        ),
+        "token": lambda: gr.Textbox(
+            label="Hugging Face token",
+            type="password",
+            placeholder="hf_…",
+            visible=show_token,
+            info="write access to the target namespace; never shown or stored",
+        ),
+    }
+
+
+def api_handler(run: Callable[..., typing.Iterator], name: str = "quantize") -> Callable[..., typing.Iterator]:
+    """A generator function whose signature is the form's fields (then the sign-in token and the progress bar),
+    calling `run(values, oauth_token, progress)`. Gradio reads the signature for the API's parameter names and
+    defaults, and calls it with the inputs in the form's order."""
+
+    def handler(*args):
+        named = dict(zip([*NAMES, "oauth_token", "progress"], args, strict=False))
+        oauth_token, progress = named.pop("oauth_token", None), named.pop("progress", None)
+        values = {k: v for k, v in named.items() if v is not None or k == "source"}
+        yield from run(FormValues(**values), oauth_token, progress)
+
+    hints = typing.get_type_hints(FormValues)
+    parameters = [
+        inspect.Parameter(
+            n,
+            POSITIONAL,
+            default=inspect.Parameter.empty if n == "source" else default(n),
+            annotation=hints[n],
+        )
+        for n in NAMES
+    ]
+    parameters += [
+        inspect.Parameter(
+            "oauth_token", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.OAuthToken | None
+        ),
+        inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()),
+    ]
+    handler.__signature__ = inspect.Signature(parameters)
+    handler.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not inspect.Parameter.empty}
+    handler.__name__ = handler.__qualname__ = name
+    handler.__doc__ = run.__doc__
+    return handler
