@@ -7,9 +7,13 @@ export TORCHAO_FORCE_SKIP_LOADING_SO_FILES ?= 1
 export GRADIO_ANALYTICS_ENABLED ?= False
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: setup demo test lint app bench clean
+.PHONY: setup system-packages demo test lint app bench clean
 
-setup: $(STAMP)
+# the venv, plus the Debian packages the browser test needs (installed only when missing)
+setup: system-packages $(STAMP)
+
+system-packages:
+	@scripts/system-packages
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +41,7 @@ app: setup
 
 # every quant type this hardware runs, on the bundled model (MODEL=folder-or-repo-id for another)
 bench: setup
-	$(PY) -m quantizer.bench $(MODEL)
+	$(PY) -m benchmarks.compare $(MODEL)
 
 clean:
 	rm -rf out .pytest_cache
