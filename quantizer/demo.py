@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .cli import main as cli_main
 from .errors import SourceError
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -92,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.path_only:
         print(folder)
         return 0
-    from .cli import main as cli_main
-
     return cli_main(
         [
             str(folder),

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from huggingface_hub.repocard import metadata_load
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -22,9 +22,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 
 from .errors import SourceError
 from .events import EventStream
-
-if TYPE_CHECKING:
-    from .hub import Hub
+from .hub import Hub
 
 REPO_REF = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>[\w./-]+))?$")
 
@@ -313,8 +311,4 @@ def open_source(ref: str, hub: Hub | None = None) -> Source:
     parsed = parse_repo_ref(ref)
     if path.exists() or parsed is None or ref.startswith((".", "/", "~")):
         return LocalSource(path)
-    if hub is None:
-        from .hub import Hub
-
-        hub = Hub(None)
-    return HubSource(parsed[0], parsed[1], hub)
+    return HubSource(parsed[0], parsed[1], hub or Hub(None))

@@ -28,6 +28,7 @@ from torchao.quantization import quantize_
 from transformers import TorchAoConfig
 
 from .events import EventStream
+from .int4.packed import cpu_runnable
 from .layers import LayerCount, planned_linear_layers, planned_skipped_linears
 from .safetensors_io import ShardReader, ShardWriter, rewrite_metadata
 
@@ -82,7 +83,7 @@ def layer_output_error(weight: torch.Tensor, quantized: torch.Tensor, seed: int 
     x = torch.randn(16, weight.shape[1], generator=generator).to(weight.dtype)
     with torch.no_grad():
         reference = torch.nn.functional.linear(x.float(), weight.float())
-        got = torch.nn.functional.linear(x, quantized).float()
+        got = torch.nn.functional.linear(x, cpu_runnable(quantized)).float()
     return ((got - reference).norm() / reference.norm()).item()
 
 

@@ -156,3 +156,67 @@ def test_a_hub_source_is_streamed_one_shard_at_a_time(hub, sharded, tmp_path, ca
         assert sum(path.endswith(shard) for path in gets) == 1
     pushed = set(HfApi(token=ALICE).list_repo_files("alice/sharded-int4"))
     assert "model.safetensors.index.json" in pushed and len([f for f in pushed if f.startswith("model-")]) > 1
+
+
+@pytest.fixture(scope="module")
+def mostly_layers(tiny_model, tmp_path_factory) -> Path:
+    """A tiny model whose decoder layers outweigh its embeddings (as in real models), in 4 MB shards."""
+    folder = tmp_path_factory.mktemp("mostly-layers")
+    shape = TinyShape(hidden=64, intermediate=8192, layers=8)
+    AutoModelForCausalLM.from_pretrained(tiny_model(shape)).save_pretrained(folder, max_shard_size="4MB")
+    copy_side_files(tiny_model(shape), folder)
+    return folder
+
+
+def no_fit_limit(source: Path) -> int:
+    """A QUANTIZER_MEMORY_LIMIT under which the streaming engine fits (two shards at a time) but neither the
+    source nor any output (at least its bf16 embeddings plus a quarter of the rest) can be loaded whole."""
+    shards = [p.stat().st_size for p in source.glob("*.safetensors")]
+    limit = 2 * max(shards) + resources.RUNTIME_BYTES + 1
+    smallest_output = max(shards) + (sum(shards) - max(shards)) // 4
+    assert resources.memory_for_whole_model(smallest_output) > limit
+    return limit
+
+
+STREAMING_CPU_TYPES = [name for name, r in recipes.RECIPES.items() if "cpu" in r.devices]
+
+
+def test_a_model_whose_output_does_not_fit_either_succeeds_with_every_cpu_type(
+    mostly_layers, tmp_path, capsys, monkeypatch
+):
+    """The case streaming exists for: nothing can be loaded whole, so verification is the sampled layers."""
+    source = mostly_layers
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))
+    argv = [str(source), "nofit", "--save-only", "--output-dir", str(tmp_path), "--json", "--no-tracking"]
+    for quant_type in STREAMING_CPU_TYPES:
+        argv += ["--quant-type", quant_type]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "streaming engine: one shard at a time" in captured.err
+    results = json.loads(captured.out)["results"]
+    assert [r["quant_type"] for r in results] == STREAMING_CPU_TYPES
+    for result in results:
+        verify = result["verify"]
+        assert result["status"] == "ok", result["error"]
+        assert verify["reload_ok"] is False and verify["ppl_quantized"] is None  # too large to reload here
+        assert verify["quantized_linear"] == 7 * 8 and verify["skipped_linear"] == 1  # counted while streaming
+        assert "not reloaded" in verify["checked"] and len(verify["layer_errors"]) == 8
+        out = Path(result["output_dir"])
+        assert "the output is larger than memory, so it was not reloaded" in (out / "README.md").read_text()
+        model = AutoModelForCausalLM.from_pretrained(out)  # it does load where there is memory: stock transformers
+        assert type(model.model.layers[1].self_attn.q_proj.weight).__name__ != "Parameter"
+
+
+def test_a_hub_model_that_does_not_fit_is_streamed_verified_and_pushed(hub, mostly_layers, capsys, monkeypatch):
+    source = mostly_layers
+    upload_model(HfApi(token=ALICE), "alice/nofit-source", source)
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))
+    code = main(["alice/nofit-source", "--token", ALICE, "--json", "--no-tracking"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)["results"][0]
+    assert result["url"].endswith("/alice/nofit-source-torchao-int8wo")
+    assert result["verify"]["quantized_linear"] == 7 * 8 and "not reloaded" in result["verify"]["checked"]
+    card = HfApi(token=ALICE).hf_hub_download("alice/nofit-source-torchao-int8wo", "README.md")
+    assert "not reloaded" in Path(card).read_text()

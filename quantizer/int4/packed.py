@@ -122,6 +122,14 @@ def dequantize(tensor: Int4TilePackedTo4dTensor) -> torch.Tensor:
     return w[:n, :k].to(torch.bfloat16)
 
 
+def cpu_runnable(weight: torch.Tensor) -> torch.Tensor:
+    """A weight a CPU can multiply with: tile-packed int4 (CUDA's kernel only) dequantized by the independent
+    unpack; anything else as it is."""
+    if isinstance(weight, Int4TilePackedTo4dTensor) and weight.qdata.device.type == "cpu":
+        return dequantize(weight)
+    return weight
+
+
 def dequantize_tile_packed(model: torch.nn.Module) -> int:
     """Swap CUDA tile-packed int4 weights for their dequantized bf16 values so a CPU can run the model;
     returns how many were swapped. The values come from the port of torchao's unpack kernel, independent
