@@ -5,10 +5,11 @@
 
 `limit`: each type twice on the same synthetic SmolLM3-shaped model, once as it is (it fits: the
 standard engine and the full verification) and once with QUANTIZER_MEMORY_LIMIT below what loading
-it takes (the streaming engine and the bounded verification); peak RSS of the ratio is the second
-job's against the first. `scale`: one job on a model larger than this machine's memory, no limit
-set. Each job is a child process; peak RSS is the kernel's maximum resident set size for it (wait4),
-disk is the source plus the output folder. Writes benchmarks/results/larger-than-memory-*.md/.json.
+it takes (the streaming engine and the bounded verification); the ratio is the second job's peak
+RSS against the first's. `scale`: one job on a model larger than this machine's memory, with the
+memory of a free CPU Space (16 GB) as the limit. Each job is a child process; peak RSS is the
+kernel's maximum resident set size for it (wait4), disk is the source plus the output folder.
+Writes benchmarks/results/larger-than-memory-*.md/.json.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from quantizer.report import human_bytes
 from quantizer.safetensors_io import weights_bytes
 
 RESULTS = Path(__file__).resolve().parent / "results"
+FREE_SPACE_MEMORY = 16_000_000_000
 
 
 def run_job(source: Path, out: Path, quant_type: str, limit: int | None) -> dict:
@@ -76,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-gb", type=float, default=None)
     parser.add_argument("--shard-mb", type=int, default=500)
     parser.add_argument("--limit-bytes", type=int, default=1_700_000_000)
-    # the same job with and without the limit: int4_weight_only would switch from GPTQ to asym when streaming
-    parser.add_argument("--types", nargs="+", default=["int8_weight_only", "int4_tile_packed"])
+    # int8: the same job with and without the limit (int4_weight_only would switch from GPTQ to asym when
+    # streaming), and one whose verification passes on random weights (a synthetic model's near-uniform
+    # logits leave int4's top-1 agreement below the sanity floor)
+    parser.add_argument("--types", nargs="+", default=["int8_weight_only"])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "quantizer-ltm-bench")
     args = parser.parse_args(argv)
     size = args.size_gb or (2.0 if args.mode == "limit" else 30.0)
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     source_bytes = weights_bytes(source)
     rows = []
     for quant_type in args.types if args.mode == "limit" else args.types[:1]:
-        runs = (None, args.limit_bytes) if args.mode == "limit" else (None,)
+        runs = (None, args.limit_bytes) if args.mode == "limit" else (FREE_SPACE_MEMORY,)
         for limit in runs:
             rows.append(run_job(source, args.workdir / "out", quant_type, limit))
             print(json.dumps(rows[-1]), flush=True)
