@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from . import int4, recipes
+from .cancel import JobCancelled
 from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
@@ -75,7 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
-    p.add_argument("--private", action="store_true", help="create the target repo as private")
+    p.add_argument(
+        "--private",
+        action="store_true",
+        default=None,
+        help="create the target repo as private (default: private when the source is private or gated)",
+    )
     p.add_argument("--save-only", action="store_true", help="save to --output-dir, do not push")
     p.add_argument(
         "--output-dir",
@@ -165,6 +171,9 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         streaming=args.streaming,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
+        deadline_seconds=float(os.environ["QUANTIZER_JOB_TIMEOUT"])
+        if os.environ.get("QUANTIZER_JOB_TIMEOUT")
+        else None,
     )
 
 
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code if isinstance(exc, InputError) else 1
     except KeyboardInterrupt:
         print("interrupted: nothing was kept", file=sys.stderr)
+        return 130
+    except JobCancelled:
+        print(f"stopped: {events.cancel.reason}; nothing was kept", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

@@ -3,7 +3,8 @@
 The pipeline never prints. It emits `Event`s; whoever runs it subscribes sinks: the CLI prints
 them to stderr, the UI streams them into the page, tracking logs stage durations. A sink that
 raises is dropped with a single warning so that a broken consumer never breaks a job.
-Secrets registered with `add_secret` are scrubbed from every message before any sink sees it.
+Secrets registered with `add_secret` are scrubbed from every message and every event's data
+before any sink sees it. Every event is also a point where a stopped job ends (`cancel`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
+
+from .cancel import CancelToken
 
 EventKind = Literal["stage_start", "stage_end", "progress", "log", "warning", "result", "error"]
 REDACTED = "***"
@@ -51,10 +54,15 @@ def format_line(event: Event) -> str | None:
 class EventStream:
     """Fan-out of events to sinks, with stage timing and secret scrubbing."""
 
-    def __init__(self, *sinks: Sink):
+    def __init__(self, *sinks: Sink, cancel: CancelToken | None = None):
         self._sinks: list[Sink] = list(sinks)
         self._secrets: set[str] = set()
         self.stage_seconds: dict[tuple[str | None, str], float] = {}
+        self.cancel = cancel or CancelToken()
+
+    def checkpoint(self) -> None:
+        """Where a stopped job ends: raises JobCancelled in the job's thread once a stop was asked for."""
+        self.cancel.check()
 
     def subscribe(self, sink: Sink) -> None:
         self._sinks.append(sink)
@@ -69,9 +77,20 @@ class EventStream:
             text = text.replace(secret, REDACTED)
         return text
 
+    def scrub_data(self, value: Any) -> Any:
+        """Strings anywhere inside event data (dicts, lists, dataclass fields stay as objects) scrubbed."""
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self.scrub_data(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(self.scrub_data(v) for v in value)
+        return value
+
     def emit(self, event: Event) -> None:
+        self.checkpoint()
         if self._secrets:
-            event = replace(event, message=self.scrub(event.message))
+            event = replace(event, message=self.scrub(event.message), data=self.scrub_data(event.data))
         for sink in list(self._sinks):
             try:
                 sink(event)

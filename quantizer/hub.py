@@ -54,6 +54,15 @@ class Identity:
         return (self.name, *self.orgs)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RepoFacts:
+    """What the Hub says of a source repo at a revision."""
+
+    sha: str
+    private: bool
+    gated: bool
+
+
 def endpoint() -> str:
     return constants.ENDPOINT.rstrip("/")
 
@@ -93,6 +102,7 @@ class Hub:
     def call(self, what: str, fn: Callable[[], T], repo_id: str | None = None) -> T:
         attempts, delay = retry_settings()
         for attempt in range(1, attempts + 1):
+            self.events.checkpoint()  # a stopped job makes no further Hub call (clean-up runs after the stop)
             try:
                 return fn()
             except Exception as exc:
@@ -153,9 +163,9 @@ class Hub:
         return Identity(data["name"], orgs, role in (None, "write", "admin", "fineGrained"))
 
     # --- source ----------------------------------------------------------------------------------------------
-    def repo_sha(self, repo_id: str, revision: str | None) -> str:
+    def repo_info(self, repo_id: str, revision: str | None) -> RepoFacts:
         info = self.call("reading the source repo", lambda: self.api.model_info(repo_id, revision=revision), repo_id)
-        return info.sha
+        return RepoFacts(sha=info.sha, private=bool(info.private), gated=bool(info.gated))
 
     def file_sizes(self, repo_id: str, revision: str) -> dict[str, int]:
         entries = self.call(
@@ -203,13 +213,21 @@ class Hub:
         """
         created = False
         try:
-            if not (replace and self.exists(repo_id)):
+            if replace and self.exists(repo_id):
+                if private:  # before any file lands, so an overwritten public repo never shows the new files
+                    self.call(
+                        "making the target repo private",
+                        lambda: self.api.update_repo_settings(repo_id, private=True),
+                        repo_id,
+                    )
+            else:
+                created = True  # from the first try: a retry after a lost answer finds the repo this job made
+                attempt = iter(range(1_000))
                 self.call(
                     "creating the target repo",
-                    lambda: self.api.create_repo(repo_id, private=private, exist_ok=False),
+                    lambda: self.api.create_repo(repo_id, private=private, exist_ok=next(attempt) > 0),
                     repo_id,
                 )
-                created = True
             commit = self.call(
                 "uploading",
                 lambda: self.api.upload_folder(

@@ -18,8 +18,9 @@ from torchao.core.config import AOBaseConfig
 
 from . import int4, resources
 from . import recipes as recipe_registry
+from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
-from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError
+from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
 from .events import Event, EventStream
 from .hardware import Hardware, PeakRSS, detect
 from .hub import AuthError, Hub, Identity
@@ -62,13 +63,14 @@ class Plan:
     int4_method: Int4Method | None = None  # for the int4 types whose format takes values chosen here
     streaming: bool = False
     source_fits: bool = True  # the source can be loaded as a whole (for the reference pass)
+    private: bool = False  # the targets are created private
 
     def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
         storage = recipe.int4_format(self.hardware)
         if storage is None:
             return None
-        method = self.int4_method if self.int4_method and storage.accepts_calibrated else int4.METHODS["rtn"]
+        method = self.int4_method if self.int4_method and storage.accepts_calibrated else int4.RTN
         return Int4Choice(
             method=method,
             format=storage,
@@ -114,14 +116,27 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
     recipes = recipe_registry.resolve(spec.quant_types)
     recipe_registry.check_supported(recipes, hardware)
     check_options(spec)
-    identity = hub.whoami() if spec.push else None  # a bad token is reported before anything else
-    source = open_source(spec.source, hub)
+    if spec.public and not spec.token:
+        raise AuthError("sign in with Hugging Face first: jobs on this shared Space run for signed-in visitors only.")
+    # a bad token is reported before anything else; a shared Space knows every visitor by name
+    identity = hub.whoami() if spec.push or spec.public else None
+    source = open_source(spec.source, hub, allow_local=not spec.public)
     info = source.inspect()
-    if identity:
+    if spec.max_source_bytes and info.weight_bytes > spec.max_source_bytes:
+        raise SourceError(
+            f"{info.ref} has {info.weight_bytes / 1e9:.1f} GB of weights; this Space takes sources up to "
+            f"{spec.max_source_bytes / 1e9:.1f} GB: duplicate the Space onto larger hardware, or use the CLI."
+        )
+    private = spec.private if spec.private is not None else (info.private or info.gated)
+    if spec.push:
         targets = push_targets(spec, identity, info, recipes)
     else:
         targets = {r.name: target_for(spec.target, info.name, r, len(recipes) > 1) for r in recipes}
     notes: list[str] = []
+    if spec.push and private and spec.private is None:
+        why = "the target repo is private because the source is " + ("private" if info.private else "gated")
+        notes.append(why)
+        events.log(why)
     group_size = spec.group_size or DEFAULT_GROUP_SIZE
     if any(r.needs_divisible_groups(hardware) for r in recipes):
         layers = planned_linear_layers(info.config)
@@ -168,6 +183,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         int4_method=int4_method,
         streaming=streaming,
         source_fits=source_fits,
+        private=private,
     )
 
 
@@ -231,6 +247,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
     """Run a whole job. Raises InputError on bad input (nothing written); otherwise returns the report."""
     events = events or EventStream()
     events.add_secret(spec.token)
+    events.cancel.bind(spec.deadline_seconds)  # a Stop, a closed tab or the deadline ends the job from here on
     hub = Hub(spec.token, events)
     tracker = Tracker(events, spec.trackio_project, enabled=spec.track)
     events.subscribe(tracker)
@@ -248,7 +265,14 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             report.ppl_source, report.sample_source = measurements.reference.ppl, measurements.reference.sample
         report.seconds = events.seconds_for(None)
         publisher = Publisher(
-            spec=spec, info=plan.info, hardware=plan.hardware, hub=hub, events=events, workdir=workdir
+            spec=spec,
+            info=plan.info,
+            hardware=plan.hardware,
+            hub=hub,
+            events=events,
+            workdir=workdir,
+            private=plan.private,
+            user=plan.identity.name if plan.identity else None,
         )
         for recipe in plan.recipes:
             job = RecipeJob(
@@ -261,6 +285,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             )
         report.tracking = tracker.where() if tracker.recorded and tracker.enabled else None
     finally:
+        events.cancel.release()
         shutil.rmtree(workdir, ignore_errors=True)
     return report
 
@@ -284,7 +309,7 @@ class RecipeJob:
             config = int4_choice.config(config)
         result = self.new_result(config, int4_choice)
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
-        tracker.start(self.plan.info, result, self.plan.hardware.name)
+        tracker.start(self.plan.info, result, self.plan.hardware.name, user=publisher.user, private=self.plan.private)
         peak = PeakRSS()
         peak.reset()
         staging = publisher.staging_folder(recipe, result.target_repo)
@@ -300,6 +325,9 @@ class RecipeJob:
             result.peak_rss_bytes = peak.peak_bytes()
             publisher.publish(staging, recipe, result)
             result.status = "ok"
+        except JobCancelled:
+            result.status, result.error = "cancelled", events.cancel.reason or "the job was stopped"
+            raise
         except QuantizerError as exc:
             self.fail(result, events.scrub(str(exc)))
         except Exception as exc:  # an unexpected failure still ends this type cleanly

@@ -34,6 +34,8 @@ class Publisher:
     hub: Hub
     events: EventStream
     workdir: Path
+    private: bool
+    user: str | None = None  # the signed-in account the job runs for
 
     def staging_folder(self, recipe: Recipe, target: str) -> Path:
         """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""
@@ -78,7 +80,7 @@ class Publisher:
             url, _ = self.hub.push(
                 folder,
                 target,
-                private=self.spec.private,
+                private=self.private,
                 message=message,
                 description=description,
                 replace=self.spec.overwrite,

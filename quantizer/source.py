@@ -67,6 +67,8 @@ class SourceInfo:
     files: tuple[str, ...] = field(default=())
     card_data: dict = field(default_factory=dict)  # the source card's YAML header (license, pipeline_tag, ...)
     largest_weight_file: int = 0  # bytes: what streaming holds on disk at a time
+    private: bool = False  # a private Hub repo
+    gated: bool = False  # a gated Hub repo (its license must be accepted)
 
     @property
     def safetensors(self) -> bool:
@@ -154,6 +156,31 @@ def check_config(config: dict, where: str) -> tuple[str, str]:
     return architecture, model_type
 
 
+def check_index(index_text: str, weights: list[str], where: str, index_name: str) -> None:
+    """Every shard an index names must be one of the source's own weight files, named as listed: a crafted
+    index with an absolute name or `..` would otherwise point the loader at any file on this machine."""
+    try:
+        weight_map = json.loads(index_text)["weight_map"]
+        names = set(weight_map.values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SourceError(
+            f"{where}: {index_name} is not a valid shard index (no weight_map); fix or re-save it."
+        ) from None
+    strangers = sorted((n for n in names if not isinstance(n, str) or n not in weights), key=str)
+    if strangers:
+        shown = ", ".join(repr(n) for n in strangers[:3])
+        raise SourceError(
+            f"{where}: {index_name} names weight files that are not files of this model ({shown}); only the "
+            "model's own shard file names are allowed: fix the index."
+        )
+
+
+def index_name(files: list[str], weights: list[str]) -> str | None:
+    """The shard index that goes with the chosen weights, if the source has one."""
+    name = "model.safetensors.index.json" if weights[0].endswith(".safetensors") else "pytorch_model.bin.index.json"
+    return name if name in files else None
+
+
 def check_files(files: list[str], where: str) -> list[str]:
     """Refuse adapters and folders without config or weights; return the weight files to use."""
     if "adapter_config.json" in files:
@@ -190,6 +217,8 @@ class LocalSource:
             raise SourceError(f"{where} is a file, not a folder: give the folder that holds config.json.")
         files = sorted(p.name for p in self.path.iterdir() if p.is_file())
         weights = check_files(files, where)
+        if index := index_name(files, weights):
+            check_index((self.path / index).read_text(), weights, where, index)
         config = read_config(self.path / "config.json", where)
         architecture, model_type = check_config(config, where)
         return SourceInfo(
@@ -219,11 +248,15 @@ class HubSource:
 
     def inspect(self) -> SourceInfo:
         where = f"{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
-        sha = self.hub.repo_sha(self.repo_id, self.revision)
+        facts = self.hub.repo_info(self.repo_id, self.revision)
+        sha = facts.sha
         sizes = self.hub.file_sizes(self.repo_id, sha)
         files = sorted(sizes)
         weights = check_files(files, where)
         with tempfile.TemporaryDirectory(prefix="quantizer-preflight-") as tmp:
+            if index := index_name(files, weights):
+                index_path = self.hub.download_file(self.repo_id, sha, index, Path(tmp))
+                check_index(index_path.read_text() if index_path else "", weights, where, index)
             config_path = self.hub.download_file(self.repo_id, sha, "config.json", Path(tmp))
             config = read_config(config_path, where) if config_path else {}
             card_path = (
@@ -244,6 +277,8 @@ class HubSource:
             files=tuple(files),
             card_data=card_data,
             largest_weight_file=max(sizes[f] for f in weights),
+            private=facts.private,
+            gated=facts.gated,
         )
         return self._info
 
@@ -305,10 +340,21 @@ def parse_repo_ref(ref: str) -> tuple[str, str | None] | None:
     return (match["repo"], match["revision"]) if match else None
 
 
-def open_source(ref: str, hub: Hub | None = None) -> Source:
-    """An existing folder is a LocalSource; `namespace/name[@rev]` a HubSource; anything else a (missing) folder."""
-    path = Path(ref).expanduser()
+HUB_ONLY = (
+    "on this shared Space a source is a Hub repo id (namespace/name or namespace/name@revision); folders on "
+    "the Space's disk cannot be used: upload your model to the Hub first."
+)
+
+
+def open_source(ref: str, hub: Hub | None = None, *, allow_local: bool = True) -> Source:
+    """An existing folder is a LocalSource; `namespace/name[@rev]` a HubSource; anything else a (missing) folder.
+    Without `allow_local` (a shared deployment) only repo ids are taken, decided before the disk is looked at."""
     parsed = parse_repo_ref(ref)
+    if not allow_local:
+        if parsed is None:
+            raise SourceError(HUB_ONLY)
+        return HubSource(parsed[0], parsed[1], hub or Hub(None))
+    path = Path(ref).expanduser()
     if path.exists() or parsed is None or ref.startswith((".", "/", "~")):
         return LocalSource(path)
     return HubSource(parsed[0], parsed[1], hub or Hub(None))

@@ -25,7 +25,7 @@ class JobSpec:
     output_dir: Path | None = None  # save-only: default ./out; a push keeps a local copy only when given
     overwrite: bool = False
     token: str | None = None
-    private: bool = False
+    private: bool | None = None  # None: private when the source is private or gated, else public
     eval_text: Path | None = None
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
@@ -35,6 +35,10 @@ class JobSpec:
     streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
     track: bool = True  # record each type as a Trackio run
     trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
+    # a shared deployment (a public Space) serving visitors: Hub sources only, a signed-in visitor for every job
+    public: bool = False
+    max_source_bytes: int | None = None  # a host's cap on the source's weights
+    deadline_seconds: float | None = None  # the job is stopped when it runs longer, in whatever stage
 
     @property
     def push(self) -> bool:

@@ -46,7 +46,11 @@ class ShardPlan:
     def read(cls, files: list[str], index: dict | None) -> ShardPlan:
         if index:
             weight_map = index["weight_map"]
-            return cls(sorted(set(weight_map.values())), weight_map)
+            shards = sorted(set(weight_map.values()))
+            strangers = [s for s in shards if s not in files]  # preflight refused these already; never open one
+            if strangers:
+                raise ValueError(f"the shard index names files that are not in the model folder: {strangers[:3]}")
+            return cls(shards, weight_map)
         shards = sorted(f for f in files if f.endswith(".safetensors"))
         if len(shards) != 1:
             raise ValueError(f"expected one safetensors file or an index, found {shards}")
@@ -141,6 +145,7 @@ def stream_quantize(
         reader = ShardReader(shard_path(shard))
         writer = ShardWriter(output_dir / out_name, reserve_for(len(reader.entries), n_tensors, len(quantizable)))
         for key in reader.in_file_order():
+            events.checkpoint()  # a stopped job ends here, between tensors
             names.append(key)
             if key not in quantizable:  # passes through byte for byte, in chunks
                 reader.copy_to(key, writer)

@@ -24,6 +24,7 @@ from .report import RecipeResult
 from .source import SourceInfo
 
 DEFAULT_PROJECT = "quantizer"
+HIDDEN = "(private)"
 PROJECT_ENV = "QUANTIZER_TRACKIO_PROJECT"
 VERIFY_METRICS = (
     "logits_rel_err",
@@ -74,6 +75,7 @@ class Tracker:
         self.quant_type: str | None = None
         self.step = 0
         self.recorded: list[str] = []  # run names, for the CLI's closing line
+        self.hide_repos = False
 
     # --- the guard: every Trackio call goes through here ----------------------------------------------------
     def _safely(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -110,28 +112,42 @@ class Tracker:
             return False
 
     # --- the run ---------------------------------------------------------------------------------------------
-    def start(self, info: SourceInfo, result: RecipeResult, hardware_name: str) -> None:
+    def start(
+        self, info: SourceInfo, result: RecipeResult, hardware_name: str, *, user: str | None, private: bool
+    ) -> None:
+        """Open the run. `user` is whose job it is (a shared Space shows each visitor their own). Runs that sync
+        to a Trackio Space are private there, and never name a private repo."""
         if not self.enabled or not self._writable():
             return
         import trackio
 
-        name = f"{info.name}-{result.suffix}-{time.strftime('%Y%m%d-%H%M%S')}-{self.job_id}"
+        synced = bool(os.environ.get("TRACKIO_SPACE_ID"))
+        self.hide_repos = synced and (private or info.private or info.gated)
+        shown_name = "private-model" if self.hide_repos else info.name
+        name = f"{shown_name}-{result.suffix}-{time.strftime('%Y%m%d-%H%M%S')}-{self.job_id}"
         config = {
-            "source": info.repo_id or info.ref,
+            "user": user,
+            "source": HIDDEN if self.hide_repos else info.repo_id or info.ref,
             "revision": info.revision,
             "quant_type": result.quant_type,
             "torchao_config": result.torchao_config,
             "group_size": result.group_size,
             "device": result.device,
             "hardware": hardware_name,
-            "target": result.target_repo,
+            "target": HIDDEN if self.hide_repos else result.target_repo,
             "job_id": self.job_id,
             **{f"{lib}_version": version(lib) for lib in ("torch", "torchao", "transformers")},
         }
         self.run = self._safely(
             "starting a run",
             lambda: trackio.init(
-                project=self.project, name=name, config=config, embed=False, auto_log_cpu=False, auto_log_gpu=False
+                project=self.project,
+                name=name,
+                config=config,
+                embed=False,
+                auto_log_cpu=False,
+                auto_log_gpu=False,
+                **({"space_id": os.environ["TRACKIO_SPACE_ID"], "private": True} if synced else {}),
             ),
         )
         if self.run is not None:
@@ -156,13 +172,13 @@ class Tracker:
         import trackio
 
         metrics: dict[str, Any] = {
-            "status": "finished" if result.ok else "failed",
+            "status": {"ok": "finished", "cancelled": "cancelled"}.get(result.status, "failed"),
             "bytes_in": result.source_bytes,
             "bytes_out": result.output_bytes,
             "size_ratio": result.size_ratio,
             "peak_rss_bytes": result.peak_rss_bytes,
-            "target": result.target_repo,
-            "url": result.url,
+            "target": None if self.hide_repos else result.target_repo,
+            "url": None if self.hide_repos else result.url,
         }
         if result.verify:
             verify = asdict(result.verify)
@@ -190,8 +206,9 @@ class Tracker:
         )
 
 
-def history(project: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
-    """Past runs read back from Trackio's store, newest first: config and final figures merged per run."""
+def history(project: str | None = None, limit: int = 200, *, user: str | None = None) -> list[dict[str, Any]]:
+    """Past runs read back from Trackio's store, newest first: config and final figures merged per run;
+    with `user`, only that account's jobs."""
     from trackio.sqlite_storage import SQLiteStorage
 
     project = project_name(project)
@@ -204,6 +221,7 @@ def history(project: str | None = None, limit: int = 200) -> list[dict[str, Any]
             merged: dict[str, Any] = {}
             for entry in SQLiteStorage.get_logs(project, run):
                 merged.update(entry)
-            rows.append({"run": run, "created": config.get("_Created", ""), **config, **merged})
+            if user is None or config.get("user") == user:
+                rows.append({"run": run, "created": config.get("_Created", ""), **config, **merged})
     rows.sort(key=lambda row: row["created"], reverse=True)
     return rows[:limit]

@@ -17,6 +17,7 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from quantizer.errors import InputError
 from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.tracking import history
 from tests.conftest import ALICE
@@ -61,7 +62,7 @@ def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
         api_name="/quantize",
     )
     updates = [update for update in job]
-    status, log, results, _chart, samples, report = job.result()
+    status, log, results, _chart, samples, report, _download = job.result()
     assert len(updates) > 2 and all(u[0].startswith("⏳") for u in updates[:-1])
     assert len(updates[0][1].splitlines()) < len(log.splitlines())  # the log grew while the job ran
     assert status.startswith("✅ done") and f"{hub.endpoint}/alice/ui-int8" in status
@@ -111,7 +112,7 @@ def test_api_bad_input_gives_the_cli_sentence_not_a_trace(app):
 def test_api_save_on_the_space_only(app, ui_source, hub):
     client = Client(app.url, verbose=False)
     repos_before = set(hub.state.repos)
-    status, _log, _results, _chart, _samples, report = client.predict(
+    status, _log, _results, _chart, _samples, report, _download = client.predict(
         ui_source, ["int4_weight_only"], AUTO, "asym", "kept-here", "", False, False, True, "", api_name="/quantize"
     )
     assert status.startswith("✅ done"), status
@@ -208,3 +209,26 @@ def test_sign_in_button_on_a_space_token_field_elsewhere(on_space, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probe == {"login": on_space, "token_visible": not on_space, "oauth": on_space}
+
+
+def test_the_form_is_defined_once_and_the_api_needs_only_the_source():
+    """The page's components, the API's parameters and the JobSpec all follow FormValues."""
+    import inspect
+
+    from quantizer.hardware import Hardware
+    from ui.form import NAMES, FormValues, api_handler, components
+
+    assert set(components(Hardware("cpu"), show_token=True)) == set(NAMES)
+    signature = inspect.signature(api_handler(lambda values, oauth, progress, request: iter(())))
+    assert list(signature.parameters)[: len(NAMES)] == list(NAMES)
+    required = [p.name for p in signature.parameters.values() if p.default is inspect.Parameter.empty]
+    assert required == ["source"]
+    spec = FormValues(source=" alice/m ", namespace="acme").to_spec("tok")
+    assert (spec.source, spec.namespace, spec.target, spec.quant_types) == (
+        "alice/m",
+        "acme",
+        None,
+        ["int8_weight_only"],
+    )
+    with pytest.raises(InputError, match="group size 'big' is not a number"):
+        FormValues(source="alice/m", group_size="big").to_spec(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
 
@@ -15,10 +16,10 @@ from quantizer.hardware import detect
 from quantizer.naming import suggested_target_name
 from quantizer.report import Report, results_table
 
-from . import auth
-from .form import NAMES, FormValues, api_handler, components, type_choices
+from . import auth, downloads
+from .form import NAMES, FormValues, api_handler, components, output_root, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
-from .jobs import Finished, JobProgress, stream_job
+from .jobs import REGISTRY, Finished, JobProgress, Waiting, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
@@ -31,12 +32,15 @@ def suggested_name(source: str, types: list[str]) -> str:
     return suggested_target_name(source, known)
 
 
-def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr.Progress | None) -> Iterator[tuple]:
+def quantize(
+    values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, request: gr.Request | None
+) -> Iterator[tuple]:
     """Quantize SOURCE with each type, verify, and push (or save on the Space); streams the log as it goes.
 
     Only `source` is required: the types default to int8_weight_only, the target name to
     `{source name}-torchao-{suffix}`, the namespace to the token's owner. Returns (status, log, results
-    table, sizes chart, samples, report as JSON), updated while the job runs.
+    table, sizes chart, samples, report as JSON, download), updated while the job runs; the download is
+    the output of a save-only job on a shared Space, as one zip.
     """
     progress = progress or gr.Progress()
     started = time.time()
@@ -45,7 +49,7 @@ def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr
     def stamp(line: str) -> str:
         return f"{time.time() - started:6.1f}s {line}"
 
-    def view(status: str, report: Report | None = None) -> tuple:
+    def view(status: str, report: Report | None = None, download: str | None = None) -> tuple:
         # the chart only changes once there is something to draw: an empty frame would fix its axes' types
         chart = sizes_frame(report) if report and report.results else gr.skip()
         return (
@@ -55,6 +59,7 @@ def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr
             chart,
             samples_markdown(report),
             report.to_dict() if report else None,
+            download,
         )
 
     if not (values.source or "").strip():
@@ -66,9 +71,16 @@ def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr
     secret = auth.resolve_token(values.token, oauth_token.token if oauth_token else None)
     try:
         spec = values.to_spec(secret)
+        visitor = auth.visitor(secret)
     except QuantizerError as exc:
         yield view(f"❌ {exc}")
         return
+    ticket = REGISTRY.admit(visitor, request.session_hash if request else None)
+    if ticket is None:
+        yield view("❌ you already have a job running and one waiting: wait for them, or press Stop.")
+        return
+    if spec.save_only and auth.public():
+        downloads.sweep(output_root())
     log.append(
         stamp(
             f"job started: {spec.source} -> {', '.join(spec.quant_types)}"
@@ -78,10 +90,14 @@ def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr
     yield view("⏳ running…")
     tracker = JobProgress(len(spec.quant_types), push=spec.push)
     last_update = 0.0
-    for item in stream_job(spec):
+    for item in stream_job(spec, ticket):
         if isinstance(item, Finished):
-            yield finished_view(item, log, view, stamp)
+            yield finished_view(item, log, view, stamp, spec)
             return
+        if isinstance(item, Waiting):
+            log.append(stamp(f"… {item.message}"))
+            yield view("⏳ waiting for the job ahead…")
+            continue
         event: Event = item
         fraction = tracker.update(event)
         line = format_line(event)
@@ -93,7 +109,7 @@ def quantize(values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr
             yield view("⏳ running…")
 
 
-def finished_view(item: Finished, log: list[str], view, stamp) -> tuple:
+def finished_view(item: Finished, log: list[str], view, stamp, spec) -> tuple:
     if item.report is None:
         log.append(stamp(f"✗ {item.error}"))
         return view(f"❌ {item.error}")
@@ -102,8 +118,35 @@ def finished_view(item: Finished, log: list[str], view, stamp) -> tuple:
     failed = [r for r in report.results if not r.ok]
     if failed:
         return view("❌ " + " ".join(f"{r.quant_type}: {r.error}" for r in failed), report)
+    if spec.save_only and auth.public():  # the visitor's copy is a download; nothing stays in a folder
+        folders = [Path(r.output_dir) for r in report.results if r.output_dir]
+        try:
+            zipped = downloads.archive(folders, output_root())
+        except QuantizerError as exc:
+            return view(f"❌ {exc}", report)
+        for r in report.results:
+            r.output_dir = None
+        hours = downloads.ttl_seconds() / 3600
+        return view(f"✅ done: download the output below (kept for {hours:g} h)", report, str(zipped))
     where = ", ".join(r.url or r.output_dir or "" for r in report.results)
     return view(f"✅ done: {where}", report)
+
+
+def stop(token: str | None, oauth_token: gr.OAuthToken | None = None, request: gr.Request | None = None) -> str:
+    """Stop the caller's jobs: the signed-in visitor's, and this page's."""
+    secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
+    try:
+        visitor = auth.visitor(secret) if secret or not auth.public() else None
+    except QuantizerError:
+        visitor = None
+    session = request.session_hash if request else None
+    stopped = REGISTRY.stop(visitor=visitor, session=session, reason="stopped by its visitor")
+    return f"⏹ stopping {stopped} job(s)…" if stopped else "nothing of yours is running."
+
+
+def page_closed(request: gr.Request) -> None:
+    """A closed tab stops the jobs it started (Gradio calls this once the page's heartbeat stops)."""
+    REGISTRY.stop(session=request.session_hash, reason="the page was closed")
 
 
 def refresh_namespaces(token: str, oauth_token: gr.OAuthToken | None = None):
@@ -111,17 +154,25 @@ def refresh_namespaces(token: str, oauth_token: gr.OAuthToken | None = None):
     return gr.update(choices=choices, value=choices[0] if choices else None, info=note)
 
 
-def show_history():
-    """Past jobs from Trackio's store, newest first."""
-    return history_frame()
+def show_history(token: str | None = None, oauth_token: gr.OAuthToken | None = None):
+    """Past jobs from Trackio's store, newest first: on a shared Space only the signed-in visitor's own."""
+    if not auth.public():
+        return history_frame()
+    secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
+    try:
+        visitor = auth.visitor(secret)
+    except QuantizerError:
+        return history_frame(user=None, nobody=True)
+    return history_frame(user=visitor)
 
 
 def build_app() -> gr.Blocks:
     hardware = detect("auto")
     _, refused = type_choices(hardware)
-    build = components(hardware, show_token=not auth.on_space())
+    build = components(hardware, show_token=not auth.oauth_configured())
     form: dict[str, gr.components.Component] = {}
-    with gr.Blocks(title="torchao quantizer") as app:
+    # gradio's own copies of downloads go with the archives (checked every 10 minutes)
+    with gr.Blocks(title="torchao quantizer", delete_cache=(600, int(downloads.ttl_seconds()))) as app:
         gr.Markdown(
             "# 🗜️ torchao quantizer\n"
             "Quantize a causal LM from the Hub with [torchao](https://github.com/pytorch/ao), verify it against the "
@@ -145,7 +196,9 @@ def build_app() -> gr.Blocks:
                 with gr.Column(scale=2):
                     for name in ("namespace", "target_name", "private", "overwrite", "save_only"):
                         form[name] = build[name]()
-                    run_button = gr.Button("Quantize", variant="primary", elem_id="run")
+                    with gr.Row():
+                        run_button = gr.Button("Quantize", variant="primary", elem_id="run")
+                        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
             status = gr.Markdown(elem_id="status")
             log = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
             with gr.Row():
@@ -159,6 +212,7 @@ def build_app() -> gr.Blocks:
             with gr.Row():
                 chart = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
                 samples = gr.Markdown(elem_id="samples")
+            download = gr.File(label="Download (save-only jobs on a shared Space)", elem_id="download")
             with gr.Accordion("Report (JSON)", open=False):
                 report = gr.JSON()
 
@@ -179,15 +233,17 @@ def build_app() -> gr.Blocks:
         token.blur(refresh_namespaces, token, namespace, api_name=False)
         app.load(refresh_namespaces, token, namespace, api_name=False)
         for trigger in (history_tab.select, refresh.click):
-            trigger(show_history, None, history, api_name=False)
-        app.load(show_history, None, history, api_name="history")
-        run_button.click(
+            trigger(show_history, token, history, api_name=False)
+        app.load(show_history, token, history, api_name="history")
+        run = run_button.click(
             api_handler(quantize),
             [form[name] for name in NAMES],
-            [status, log, results, chart, samples, report],
+            [status, log, results, chart, samples, report, download],
             api_name="quantize",
             concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", "1")),
         )
+        stop_button.click(stop, token, status, api_name="stop", cancels=[run], queue=False)
+        app.unload(page_closed)
     return app
 
 

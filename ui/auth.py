@@ -1,9 +1,10 @@
-"""Whose token a job uses, and where it may push.
+"""Whose token a job uses, who the visitor is, and where they may push.
 
-On a Space (SPACE_ID set) a visitor's job uses the visitor's sign-in or the token they typed, and
-never the Space's own HF_TOKEN secret: on a public Space that would push into the owner's account.
-Off a Space (a local run, a duplicate without OAuth, a script) the environment's token is a fine
-default.
+A shared deployment (a Space: SPACE_ID set, or any host with QUANTIZER_PUBLIC=1) serves strangers:
+a visitor's job uses the visitor's sign-in or the token they typed, never the host's own HF_TOKEN
+(that would push into the owner's account), and every job needs a signed-in visitor, whose name
+keys their jobs and their history. Off such a deployment (a local run, a script) the environment's
+token is a fine default and the single user is "local".
 """
 
 from __future__ import annotations
@@ -11,11 +12,18 @@ from __future__ import annotations
 import os
 
 from quantizer.errors import QuantizerError
-from quantizer.hub import Hub
+from quantizer.hub import AuthError, Hub
+
+LOCAL_USER = "local"
 
 
 def on_space() -> bool:
     return bool(os.environ.get("SPACE_ID"))
+
+
+def public() -> bool:
+    """The app serves strangers: sources are Hub repos only, and every job needs a signed-in visitor."""
+    return on_space() or os.environ.get("QUANTIZER_PUBLIC") == "1"
 
 
 def oauth_configured() -> bool:
@@ -31,7 +39,16 @@ def resolve_token(typed: str | None, oauth_token: str | None) -> str | None:
         return oauth_token
     if typed and typed.strip():
         return typed.strip()
-    return None if on_space() else os.environ.get("HF_TOKEN") or None
+    return None if public() else os.environ.get("HF_TOKEN") or None
+
+
+def visitor(token: str | None) -> str:
+    """Who a job or a request belongs to: the token's account on a shared deployment, else the local user."""
+    if not public():
+        return LOCAL_USER
+    if not token:
+        raise AuthError("sign in with Hugging Face first: jobs on this shared Space run for signed-in visitors only.")
+    return Hub(token).whoami().name
 
 
 def namespaces(token: str | None) -> tuple[list[str], str]:

@@ -24,6 +24,8 @@ from quantizer.hardware import Hardware
 from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
 from quantizer.spec import JobSpec
 
+from .auth import public
+
 AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
 AUTO = "auto"
 DEFAULT_TYPE = "int8_weight_only"
@@ -50,9 +52,14 @@ class FormValues:
     token: str | None = None  # None or empty: the sign-in (on a Space) or HF_TOKEN (elsewhere)
 
     def to_spec(self, token: str | None) -> JobSpec:
-        """The job these values ask for; values the form would never send are refused with a sentence."""
+        """The job these values ask for; values the form would never send are refused with a sentence. On a
+        shared deployment the host's limits come with it."""
         types = list(self.quant_types or [])
+        shared = public()
         return JobSpec(
+            public=shared,
+            max_source_bytes=env_number("QUANTIZER_MAX_SOURCE_BYTES") if shared else None,
+            deadline_seconds=env_number("QUANTIZER_JOB_TIMEOUT"),
             source=(self.source or "").strip(),
             target=(self.target_name or "").strip() or None,
             namespace=(self.namespace or "").strip() or None,
@@ -63,8 +70,13 @@ class FormValues:
             output_dir=output_root() / uuid.uuid4().hex[:12] if self.save_only else None,
             overwrite=bool(self.overwrite),
             token=token,
-            private=bool(self.private),
+            private=True if self.private else None,  # unchecked: private when the source is private or gated
         )
+
+
+def env_number(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(float(value)) if value else None
 
 
 def parse_group_size(value: str | int | None) -> int | None:
@@ -136,7 +148,11 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
             allow_custom_value=True,
             info="sign in or give a token to choose where to push",
         ),
-        "private": lambda: gr.Checkbox(value=default("private"), label="Private repo"),
+        "private": lambda: gr.Checkbox(
+            value=default("private"),
+            label="Private repo",
+            info="a private or gated source always gives a private repo, so nothing you could not share leaks",
+        ),
         "overwrite": lambda: gr.Checkbox(value=default("overwrite"), label="Overwrite an existing repo"),
         "save_only": lambda: gr.Checkbox(
             value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
@@ -153,14 +169,14 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
 
 def api_handler(run: Callable[..., typing.Iterator], name: str = "quantize") -> Callable[..., typing.Iterator]:
     """A generator function whose signature is the form's fields (then the sign-in token and the progress bar),
-    calling `run(values, oauth_token, progress)`. Gradio reads the signature for the API's parameter names and
+    calling `run(values, oauth_token, progress, request)`. Gradio reads the signature for the API's parameter names and
     defaults, and calls it with the inputs in the form's order."""
 
     def handler(*args):
-        named = dict(zip([*NAMES, "oauth_token", "progress"], args, strict=False))
-        oauth_token, progress = named.pop("oauth_token", None), named.pop("progress", None)
+        named = dict(zip([*NAMES, "oauth_token", "progress", "request"], args, strict=False))
+        oauth_token, progress, request = (named.pop(k, None) for k in ("oauth_token", "progress", "request"))
         values = {k: v for k, v in named.items() if v is not None or k == "source"}
-        yield from run(FormValues(**values), oauth_token, progress)
+        yield from run(FormValues(**values), oauth_token, progress, request)
 
     hints = typing.get_type_hints(FormValues)
     parameters = [

@@ -12,9 +12,10 @@ from quantizer.hub import repo_url
 HISTORY_COLUMNS = ["time", "source", "type", "target", "size ratio", "ppl Δ", "status"]
 
 
-def history_frame(project: str | None = None) -> pd.DataFrame:
+def history_frame(project: str | None = None, *, user: str | None = None, nobody: bool = False) -> pd.DataFrame:
+    """Past jobs as the History table: all of them, one user's (`user`), or none (`nobody`: not signed in)."""
     rows = []
-    for run in tracking.history(project):
+    for run in [] if nobody else tracking.history(project, user=user):
         target, url = run.get("target") or "", run.get("url")
         ratio, delta = run.get("size_ratio"), run.get("ppl_delta_pct")
         status = run.get("status") or "running"

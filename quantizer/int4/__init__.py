@@ -10,12 +10,13 @@
 from .apply import Int4Choice
 from .formats import FORMATS, INTX, TILE_PACKED, Int4Format
 from .grid import GroupQuant, quantize_asym
-from .methods import METHODS, Int4Method, auto_description, budget_seconds, choose_method, get_method
+from .methods import METHODS, RTN, Int4Method, auto_description, budget_seconds, choose_method, get_method
 
 __all__ = [
     "FORMATS",
     "INTX",
     "METHODS",
+    "RTN",
     "TILE_PACKED",
     "GroupQuant",
     "Int4Choice",

@@ -111,6 +111,7 @@ class Fault:
     error_code: str | None = None
     message: str | None = None
     hits: int = 0
+    delay: float = 0.0  # seconds to wait before answering normally (status -1: a slow route, not a failure)
 
 
 class HubState:
@@ -138,6 +139,13 @@ class HubState:
         message: str | None = None,
     ) -> Fault:
         fault = Fault(method.upper(), re.compile(path_regex), status, times, error_code, message)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def slow(self, method: str, path_regex: str, seconds: float, times: int = 1) -> Fault:
+        """Answer a route normally, but only after `seconds` (a slow upload, to stop a job in the middle of it)."""
+        fault = Fault(method.upper(), re.compile(path_regex), -1, times, delay=seconds)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -246,6 +254,9 @@ class Handler(BaseHTTPRequestHandler):
             )
             if fault:
                 fault.hits += 1
+        if fault and fault.status == -1:
+            time.sleep(fault.delay)
+            fault = None
         if fault:
             if fault.status == 0:
                 self.close_connection = True
@@ -385,6 +396,12 @@ class Handler(BaseHTTPRequestHandler):
                     for c in reversed(repo.commits)
                 ],
             )
+        if m == "PUT" and rest == "settings":
+            repo = self.writable_repo(repo_type, repo_id)
+            settings = json.loads(body or b"{}")
+            if "private" in settings:
+                repo.private = bool(settings["private"])
+            return self.send(200, {})
         if m == "POST" and rest.startswith("preupload/"):
             return self.preupload(repo_type, repo_id, json.loads(body))
         if m == "POST" and rest.startswith("commit/"):
