@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,16 @@ def test_real_command_line_exit_code_and_message(tmp_path):
     assert "Traceback" not in proc.stderr
     assert "does not exist" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_the_job_deadline_stops_even_an_explicit_gptq(tiny_model, tmp_path, capsys, monkeypatch):
+    from tests.support.models import TinyShape
+
+    source = tiny_model(TinyShape(hidden=512, intermediate=4096, layers=12))
+    monkeypatch.setenv("QUANTIZER_JOB_TIMEOUT", "4")
+    started = time.time()
+    argv = [str(source), "late", "--quant-type", "int4_weight_only", "--int4-method", "gptq", "--save-only"]
+    code = main([*argv, "--output-dir", str(tmp_path), "--no-tracking"])
+    assert code == 130 and time.time() - started < 20
+    assert "stopped: the job ran past its deadline of 4 s and was stopped; nothing was kept" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no output, no staging folder

@@ -252,4 +252,6 @@ def launch(app: gr.Blocks) -> None:
     app.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        # save-only archives are served from here; their names are random (uuid4), so nobody can guess another's
+        allowed_paths=[str(output_root())],
     )

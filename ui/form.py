@@ -125,12 +125,16 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
             runnable, value=default("quant_types"), label="Quantization types", elem_id="quant-types"
         ),
         "group_size": lambda: gr.Dropdown(
-            [AUTO_GROUP, *map(str, GROUP_SIZES)], value=default("group_size"), label="Group size (int4 types)"
+            [AUTO_GROUP, *map(str, GROUP_SIZES)],
+            value=default("group_size"),
+            label="Group size (int4 types)",
+            allow_custom_value=True,  # an API caller's odd value reaches the job's own check and its sentence
         ),
         "int4_method": lambda: gr.Dropdown(
             method_choices(),
             value=default("int4_method"),
             label="int4 method (int4 types stored as Intx)",
+            allow_custom_value=True,
             info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
             "source; asym is instant; rtn is torchao's plain rounding",
             elem_id="int4-method",

@@ -10,6 +10,7 @@ elsewhere the decorator returns the function unchanged.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ def run_ticket(spec: JobSpec, ticket: Ticket, inbox: queue.Queue) -> None:
             inbox.put(Finished(run(spec, events)))
         except JobCancelled:
             inbox.put(Finished(None, f"stopped: {ticket.cancel.reason}; nothing was kept"))
+            print(f"a job of {ticket.visitor} stopped: {ticket.cancel.reason}", file=sys.stderr, flush=True)
         except QuantizerError as exc:
             inbox.put(Finished(None, events.scrub(str(exc))))
         except Exception as exc:  # shown as one sentence, never as a stack trace

@@ -1,0 +1,241 @@
+"""A public Space is shared by strangers: what a visitor who is not the owner can do, driven as they would.
+
+The app runs as a shared deployment (QUANTIZER_PUBLIC=1, as with SPACE_ID on a Space) on a free port,
+against the loopback Hub, with two visitors holding different tokens (alice and carol), called through
+the real gradio_client and, for a closed tab, the real page in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from huggingface_hub import HfApi
+
+from tests.conftest import ALICE, CAROL
+from tests.support.app_server import AppServer
+from tests.support.hub_repos import upload_model, variant
+from tests.support.models import TinyShape
+
+SLOW_SHAPE = TinyShape(hidden=512, intermediate=4096, layers=12)  # GPTQ takes tens of seconds on it
+
+
+@pytest.fixture(scope="module")
+def space(hub, tmp_path_factory):
+    base = tmp_path_factory.mktemp("public-space")
+    (base / "tmp").mkdir()
+    env = {
+        "QUANTIZER_PUBLIC": "1",
+        "QUANTIZER_CONCURRENCY": "4",  # the queue lets several in: the job lock and the visitor limit must hold
+        "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
+        "QUANTIZER_OUTPUT_TTL": "4",
+        "GRADIO_HEARTBEAT_INTERVAL": "1",
+        "TMPDIR": str(base / "tmp"),  # every job folder of the app lands here
+        "HF_TOKEN": ALICE,  # the host's own token: a visitor's job must never use it
+    }
+    server = AppServer(base / "app.log", env=env).start()
+    server.base = base
+    yield server
+    server.stop()
+    log = (base / "app.log").read_text()
+    assert ALICE not in log and CAROL not in log
+
+
+@pytest.fixture(scope="module")
+def sources(hub, tiny_model, tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("public-sources")
+    alice = HfApi(token=ALICE)
+    upload_model(alice, "alice/small", variant(tiny_model(), base / "small"))
+    upload_model(alice, "alice/slow", variant(tiny_model(SLOW_SHAPE), base / "slow"))
+    upload_model(alice, "alice/secret", variant(tiny_model(), base / "secret"), private=True)
+    return {"small": "alice/small", "slow": "alice/slow", "secret": "alice/secret"}
+
+
+def job_folders(space) -> list[Path]:
+    return [p for p in (space.base / "tmp").iterdir() if p.name.startswith("quantizer-job-")]
+
+
+def quantize(client: Client, **kwargs):
+    return client.submit(**kwargs, api_name="/quantize")
+
+
+def test_a_visitor_must_sign_in_and_never_gets_the_hosts_token(space, sources, hub):
+    status, *_ = Client(space.url, verbose=False).predict(source=sources["small"], save_only=True, api_name="/quantize")
+    assert "sign in with Hugging Face first" in status
+    assert not HfApi(token=ALICE).repo_exists("alice/small-torchao-int8wo")
+
+
+@pytest.mark.parametrize(
+    "source", ["/etc", "/etc/passwd", "../../etc/passwd", "./out", "~", "/no/such/folder", "C:\\models"]
+)
+def test_local_paths_are_refused_before_the_disk_is_looked_at(space, source, hub):
+    repos = set(hub.state.repos)
+    status, *_ = Client(space.url, verbose=False).predict(source=source, token=CAROL, api_name="/quantize")
+    # the same sentence whether the path exists or not: nothing about the Space's disk is revealed
+    assert status == (
+        "❌ on this shared Space a source is a Hub repo id (namespace/name or namespace/name@revision); folders on "
+        "the Space's disk cannot be used: upload your model to the Hub first."
+    )
+    assert set(hub.state.repos) == repos and job_folders(space) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "shard"), [("abs", "/etc/passwd"), ("up", "../../../etc/passwd"), ("inside", "model.safetensors/../../x")]
+)
+def test_a_crafted_shard_index_is_refused(space, tiny_model, tmp_path, name, shard, hub):
+    folder = variant(tiny_model(), tmp_path / "crafted")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": shard, "lm_head.weight": "model.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    upload_model(HfApi(token=CAROL), f"carol/crafted-{name}", folder)
+    status, *_ = Client(space.url, verbose=False).predict(
+        source=f"carol/crafted-{name}", token=CAROL, api_name="/quantize"
+    )
+    assert "names weight files that are not files of this model" in status and repr(shard) in status
+    assert not HfApi(token=CAROL).repo_exists(f"carol/crafted-{name}-torchao-int8wo") and job_folders(space) == []
+
+
+def test_visitors_see_only_their_own_history(space, sources):
+    client = Client(space.url, verbose=False)
+    status, *_ = client.predict(source=sources["small"], token=ALICE, target_name="mine", api_name="/quantize")
+    assert status.startswith("✅ done")
+    alices = client.predict(token=ALICE, api_name="/history")["data"]
+    assert any("alice/mine" in row[3] for row in alices)
+    for stranger in (CAROL, None):  # another visitor, and an anonymous caller
+        rows = client.predict(token=stranger, api_name="/history")["data"]
+        assert not any("alice" in json.dumps(row) for row in rows)
+
+
+def test_a_private_source_gives_a_private_target(space, sources):
+    status, log, *_ = Client(space.url, verbose=False).predict(
+        source=sources["secret"], token=ALICE, api_name="/quantize"
+    )
+    assert status.startswith("✅ done") and "the target repo is private because the source is private" in log
+    assert HfApi(token=ALICE).model_info("alice/secret-torchao-int8wo").private
+
+
+def wait_for(job, pattern: str, timeout: float = 120) -> str:
+    """Read a running job's updates until its log matches; returns that log."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for update in job.outputs()[::-1]:
+            if re.search(pattern, update[1] or ""):
+                return update[1]
+        assert not job.done(), job.outputs()[-1][0] if job.outputs() else "the job ended"
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} in the log after {timeout}s")
+
+
+def test_stop_in_the_middle_of_quantization_leaves_nothing(space, sources):
+    client = Client(space.url, verbose=False)
+    job = quantize(client, source=sources["slow"], quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE)
+    wait_for(job, r"gptq \d+/12|quantizing with gptq int4")
+    stopped_at = time.time()
+    assert client.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 1 job")
+    status = job.result()[0]
+    assert "stopped: stopped by its visitor; nothing was kept" in status
+    assert time.time() - stopped_at < 10
+    assert not HfApi(token=ALICE).repo_exists("alice/slow-torchao-int4wo") and job_folders(space) == []
+    run = next(r for r in client.predict(token=ALICE, api_name="/history")["data"] if "slow-torchao-int4wo" in r[3])
+    assert run[6].startswith("cancelled")
+
+
+def test_stop_in_the_middle_of_an_upload_leaves_no_repo(space, sources, hub):
+    hub.state.slow("POST", r"/preupload/", 8)
+    client = Client(space.url, verbose=False)
+    job = quantize(client, source=sources["small"], token=ALICE, target_name="upload-stopped")
+    wait_for(job, r"▶ pushing to alice/upload-stopped")
+    time.sleep(1)  # inside the upload
+    client.predict(token=ALICE, api_name="/stop")
+    assert "nothing was kept" in job.result()[0]
+    time.sleep(8)  # the slow request finishes on the Hub's side: still nothing may land
+    assert not HfApi(token=ALICE).repo_exists("alice/upload-stopped") and job_folders(space) == []
+
+
+def test_a_second_job_waits_and_a_third_is_refused(space, sources):
+    alice, carol = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    first = quantize(alice, source=sources["slow"], token=ALICE, target_name="first")
+    wait_for(first, r"▶ checking alice/slow")
+    second = quantize(carol, source=sources["small"], token=CAROL, target_name="second")
+    wait_for(second, "waiting for the job ahead")
+    third_a = quantize(alice, source=sources["small"], token=ALICE, target_name="third-a")
+    fourth_a = alice.predict(source=sources["small"], token=ALICE, target_name="fourth-a", api_name="/quantize")
+    assert "you already have a job running and one waiting" in fourth_a[0]
+    for job in (first, second, third_a):
+        assert job.result()[0].startswith("✅ done"), job.result()[0]
+    # carol's job started its work only after alice's first had ended
+    assert "waiting for the job ahead" in second.result()[1]
+
+
+def test_save_only_gives_a_download_and_the_space_keeps_nothing_for_long(space, sources, tmp_path):
+    client = Client(space.url, verbose=False, download_files=str(tmp_path))
+    status, *_, download = client.predict(source=sources["small"], save_only=True, token=CAROL, api_name="/quantize")
+    assert status.startswith("✅ done: download")
+    with zipfile.ZipFile(download) as archive:
+        names = archive.namelist()
+    assert "small-torchao-int8wo/model.safetensors" in names and "small-torchao-int8wo/README.md" in names
+    saved = space.base / "saved"
+    assert [p.suffix for p in saved.iterdir()] == [".zip"]  # no folder left behind
+    first = next(saved.iterdir())
+    time.sleep(5)  # past QUANTIZER_OUTPUT_TTL: the next job sweeps it
+    client.predict(source=sources["small"], save_only=True, token=CAROL, api_name="/quantize")
+    assert not first.exists() and len(list(saved.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("values", "sentence"),
+    [
+        ({"group_size": "13"}, "group size 13 is not supported"),
+        ({"group_size": "many"}, "group size 'many' is not a number"),
+        ({"int4_method": "magic"}, "unknown int4 method 'magic'"),
+        ({"target_name": "../escape"}, "is not a valid target name"),
+        ({"namespace": "carol"}, "cannot write to 'carol'"),
+    ],
+)
+def test_values_the_form_would_never_send_get_a_sentence(space, sources, values, sentence):
+    status, *_ = Client(space.url, verbose=False).predict(
+        source=sources["small"], token=ALICE, api_name="/quantize", **values
+    )
+    assert sentence in status and "unexpected" not in status
+
+
+def test_a_type_the_form_does_not_offer_is_refused_by_name(space, sources):
+    """Gradio checks a checkbox group's values itself, before the job: its error names the value and the choices."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=r"'int3'.*not in the list of choices.*int8_weight_only"):
+        Client(space.url, verbose=False).predict(
+            source=sources["small"], quant_types=["int3"], token=ALICE, api_name="/quantize"
+        )
+
+
+def test_closing_the_page_stops_its_job(space, sources):
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_app import CHROMIUM
+
+    log_file = space.base / "app.log"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+        )
+        page = browser.new_page()
+        page.goto(space.url)
+        page.locator("#source textarea, #source input").first.fill(sources["slow"])
+        page.get_by_label("Hugging Face token").fill(ALICE)
+        page.locator("#target-name textarea, #target-name input").first.fill("tab-closed")
+        page.locator("#run").click()
+        expect(page.locator("#log textarea")).to_have_value(re.compile("▶ measuring the source model"), timeout=60_000)
+        page.close()
+        browser.close()
+    deadline = time.time() + 15
+    while "stopped: the page was closed" not in log_file.read_text() and time.time() < deadline:
+        time.sleep(0.25)
+    assert "a job of alice stopped: the page was closed" in log_file.read_text()
+    assert not HfApi(token=ALICE).repo_exists("alice/tab-closed") and job_folders(space) == []
