@@ -29,7 +29,7 @@ from .layers import LayerCount, planned_linear_layers
 from .naming import split_repo_id, target_for
 from .publish import Publisher
 from .recipes import DEFAULT_GROUP_SIZE, Recipe, choose_group_size
-from .report import RecipeResult, Report, config_repr
+from .report import RecipeResult, Report, config_repr, human_bytes
 from .safetensors_io import weights_bytes
 from .source import Fetched, Source, SourceInfo, open_source
 from .spec import JobSpec
@@ -124,8 +124,8 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
     info = source.inspect()
     if spec.max_source_bytes and info.weight_bytes > spec.max_source_bytes:
         raise SourceError(
-            f"{info.ref} has {info.weight_bytes / 1e9:.1f} GB of weights; this Space takes sources up to "
-            f"{spec.max_source_bytes / 1e9:.1f} GB: duplicate the Space onto larger hardware, or use the CLI."
+            f"{info.ref} has {human_bytes(info.weight_bytes)} of weights; this Space takes sources up to "
+            f"{human_bytes(spec.max_source_bytes)}: duplicate the Space onto larger hardware, or use the CLI."
         )
     private = spec.private if spec.private is not None else (info.private or info.gated)
     if spec.push:

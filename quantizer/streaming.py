@@ -47,9 +47,10 @@ class ShardPlan:
         if index:
             weight_map = index["weight_map"]
             shards = sorted(set(weight_map.values()))
-            strangers = [s for s in shards if s not in files]  # preflight refused these already; never open one
+            # preflight refused any name that is not one of the source's files; never open a path that leaves the folder
+            strangers = [s for s in shards if not isinstance(s, str) or Path(s).name != s or s in (".", "..")]
             if strangers:
-                raise ValueError(f"the shard index names files that are not in the model folder: {strangers[:3]}")
+                raise ValueError(f"the shard index names files outside the model folder: {strangers[:3]}")
             return cls(shards, weight_map)
         shards = sorted(f for f in files if f.endswith(".safetensors"))
         if len(shards) != 1:

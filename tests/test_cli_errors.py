@@ -216,3 +216,16 @@ def test_the_job_deadline_stops_even_an_explicit_gptq(tiny_model, tmp_path, caps
     assert code == 130 and time.time() - started < 20
     assert "stopped: the job ran past its deadline of 4 s and was stopped; nothing was kept" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no output, no staging folder
+
+
+@pytest.mark.parametrize("shard", ["/etc/hostname", "../model.safetensors", "sub/../../x.safetensors"])
+def test_a_local_folder_with_a_crafted_index_is_refused_before_loading(tiny_model, tmp_path, capsys, shard):
+    from tests.support.hub_repos import variant
+
+    folder = variant(tiny_model(), tmp_path / "crafted")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": shard}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    code = main([str(folder), "x", "--save-only", "--output-dir", str(tmp_path / "out"), "--no-tracking"])
+    err = capsys.readouterr().err
+    assert code == 2 and "names weight files that are not files of this model" in err and repr(shard) in err
+    assert not (tmp_path / "out").exists()

@@ -294,3 +294,45 @@ def test_a_job_that_does_not_fit_says_the_numbers(tmp_path):
     message = str(err.value)
     assert "of memory but" in message and "of disk in" in message and "GB is free" in message
     check([Need("memory", None, 1), Need("disk", tmp_path, 1)])  # a small job fits
+
+
+def test_a_creation_whose_answer_was_lost_still_counts_as_this_jobs(hub, hub_source, capsys):
+    """The Hub made the repo but the answer never arrived: the retry finds it, and a later failure removes it."""
+    hub.state.lose_answer("POST", r"^/api/repos/create$")
+    hub.state.fail("POST", r"^/api/models/alice/lost-answer/commit/", 500, times=100)
+    code, _, err = run_cli([hub_source, "alice/lost-answer", "--token", ALICE], capsys)
+    assert code == 1 and "retrying in" in err and "was deleted again" in err
+    assert "alice/lost-answer" not in repo_ids(hub)
+
+
+def test_private_with_overwrite_makes_the_repo_private_before_the_upload(hub, hub_source, alice, capsys):
+    target = "alice/goes-private"
+    assert run_cli([hub_source, target, "--token", ALICE], capsys)[0] == 0
+    assert not alice.model_info(target).private
+    before = len(hub.state.requests)
+    code, _, err = run_cli([hub_source, target, "--token", ALICE, "--overwrite", "--private"], capsys)
+    assert code == 0, err
+    assert alice.model_info(target).private
+    calls = [f"{m} {p}" for m, p in hub.state.requests[before:]]
+    settings = next(i for i, c in enumerate(calls) if c == f"PUT /api/models/{target}/settings")
+    upload = next(i for i, c in enumerate(calls) if f"/api/models/{target}/preupload/" in c)
+    assert settings < upload
+
+
+def test_a_private_source_gives_a_private_target_unless_told_otherwise(hub, alice, tiny_model, tmp_path, capsys):
+    upload_model(alice, "alice/hidden", variant(tiny_model(), tmp_path / "hidden"), private=True)
+    code, _, err = run_cli(["alice/hidden", "--token", ALICE], capsys)
+    assert code == 0, err
+    assert "the target repo is private because the source is private" in err
+    assert alice.model_info("alice/hidden-torchao-int8wo").private
+
+
+def test_a_host_caps_the_source_size(hub, hub_source):
+    from quantizer.errors import SourceError
+    from quantizer.pipeline import JobSpec, run
+
+    spec = JobSpec(source=hub_source, token=ALICE, public=True, max_source_bytes=1000, track=False)
+    repos = repo_ids(hub)
+    with pytest.raises(SourceError, match=r"MB of weights; this Space takes sources up to 1.0 KB: duplicate the Space"):
+        run(spec)
+    assert repo_ids(hub) == repos

@@ -163,6 +163,7 @@ def test_a_second_job_waits_and_a_third_is_refused(space, sources):
     second = quantize(carol, source=sources["small"], token=CAROL, target_name="second")
     wait_for(second, "waiting for the job ahead")
     third_a = quantize(alice, source=sources["small"], token=ALICE, target_name="third-a")
+    wait_for(third_a, "waiting for the job ahead")
     fourth_a = alice.predict(source=sources["small"], token=ALICE, target_name="fourth-a", api_name="/quantize")
     assert "you already have a job running and one waiting" in fourth_a[0]
     for job in (first, second, third_a):

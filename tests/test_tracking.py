@@ -125,3 +125,50 @@ def test_the_token_never_reaches_trackio(hub, tiny_model, tmp_path, capsys):
     assert run["revision"] and len(run["revision"]) == 40
     stored = b"".join(p.read_bytes() for p in store_path("t-token").parent.iterdir() if p.is_file())
     assert ALICE.encode() not in stored
+
+
+class RecordingTrackio:
+    """A stand-in for the Trackio Space a job syncs to (no network here): records what would be sent."""
+
+    def __init__(self):
+        self.inits: list[dict] = []
+        self.logged: list[dict] = []
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        recorder = self
+
+        class Run:
+            def log(self, metrics, step=None):
+                recorder.logged.append(metrics)
+
+            def alert(self, **kwargs):
+                recorder.logged.append({"alert": kwargs})
+
+        return Run()
+
+    def finish(self):
+        pass
+
+
+def test_runs_synced_to_a_space_are_private_and_never_name_a_private_repo(
+    hub, tiny_model, tmp_path, capsys, monkeypatch
+):
+    import trackio
+    from huggingface_hub import HfApi
+
+    stand_in = RecordingTrackio()
+    monkeypatch.setattr(trackio, "init", stand_in.init)
+    monkeypatch.setattr(trackio, "finish", stand_in.finish)
+    monkeypatch.setenv("TRACKIO_SPACE_ID", "alice/quantizer-dashboard")
+    upload_model(HfApi(token=ALICE), "alice/confidential", variant(tiny_model(), tmp_path / "c"), private=True)
+    code = main(["alice/confidential", "--token", ALICE, "--trackio-project", "synced"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    [init] = stand_in.inits
+    assert init["space_id"] == "alice/quantizer-dashboard" and init["private"] is True
+    assert init["project"] == "synced" and init["config"]["user"] == "alice"
+    sent = json.dumps([init["config"], init["name"], *stand_in.logged])
+    assert "confidential" not in sent and init["config"]["source"] == "(private)"
+    assert any(m.get("status") == "finished" for m in stand_in.logged)
+    assert "the Trackio Space alice/quantizer-dashboard" in captured.err

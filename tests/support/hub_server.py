@@ -150,6 +150,13 @@ class HubState:
             self.faults.append(fault)
         return fault
 
+    def lose_answer(self, method: str, path_regex: str, times: int = 1) -> Fault:
+        """Carry the request out, then drop the connection instead of answering (a response lost on the way)."""
+        fault = Fault(method.upper(), re.compile(path_regex), -2, times)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
     def clear_faults(self) -> None:
         with self.lock:
             self.faults.clear()
@@ -208,6 +215,10 @@ class Handler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
         head: bool = False,
     ) -> None:
+        if getattr(self, "answer_lost", False):
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         if isinstance(body, (dict, list)):
             body = json.dumps(body).encode()
         self.send_response(status)
@@ -254,8 +265,11 @@ class Handler(BaseHTTPRequestHandler):
             )
             if fault:
                 fault.hits += 1
+        self.answer_lost = bool(fault and fault.status == -2)
         if fault and fault.status == -1:
             time.sleep(fault.delay)
+            fault = None
+        if self.answer_lost:
             fault = None
         if fault:
             if fault.status == 0:
@@ -399,7 +413,9 @@ class Handler(BaseHTTPRequestHandler):
         if m == "PUT" and rest == "settings":
             repo = self.writable_repo(repo_type, repo_id)
             settings = json.loads(body or b"{}")
-            if "private" in settings:
+            if "visibility" in settings:  # what huggingface_hub sends; older clients sent "private"
+                repo.private = settings["visibility"] == "private"
+            elif "private" in settings:
                 repo.private = bool(settings["private"])
             return self.send(200, {})
         if m == "POST" and rest.startswith("preupload/"):
