@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import TextIO
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (secrets scrubbed)")
     return p
 
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run(spec, events)
     except QuantizerError as exc:
         if args.debug:
-            raise
+            print(events.scrub(traceback.format_exc()), file=sys.stderr)
         print(f"error: {events.scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code if isinstance(exc, InputError) else 1
     except KeyboardInterrupt:
@@ -204,20 +205,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {events.cancel.reason}; nothing was kept", file=sys.stderr)
         return 130
     except Exception as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, with every secret scrubbed like everything else the CLI prints
+            print(events.scrub(traceback.format_exc()), file=sys.stderr)
         print(
             f"error: unexpected failure ({type(exc).__name__}: {events.scrub(str(exc))}); "
             "rerun with --debug for the traceback and report it.",
             file=sys.stderr,
         )
         return 1
-    print("\n" + results_table(report), file=sys.stderr)
+    print("\n" + events.scrub(results_table(report)), file=sys.stderr)
     if report.tracking:
         print(f"recorded in {report.tracking}", file=sys.stderr)
     if args.json:
-        print(report.to_json())
+        print(events.scrub(report.to_json()))
     failed = [r for r in report.results if not r.ok]
     for r in failed:
-        print(f"error: {r.quant_type}: {r.error}", file=sys.stderr)
+        print(f"error: {r.quant_type}: {events.scrub(r.error or '')}", file=sys.stderr)
     return 1 if failed else 0

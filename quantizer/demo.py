@@ -2,13 +2,17 @@
 
 `prepare()` converts it once to a normal bf16 safetensors folder (config, weights, tokenizer,
 chat template, a README with its license) and caches it, so the demo and the tests work offline.
-`python -m quantizer.demo` quantizes it with `both` and prints the table.
+`python -m quantizer.demo` quantizes it with `both` and prints the table; `--record DIR` also writes the
+report as DIR/demo.json and the README's table as DIR/demo.md (the committed figures the README quotes).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import io
+import json
 import os
 import shutil
 import sys
@@ -82,30 +86,63 @@ def prepare(root: Path | None = None) -> Path:
     return folder
 
 
+def figures_table(report: dict) -> str:
+    """The README's table of a demo report: size, ratio, perplexity and its change, top-1, layers."""
+
+    def mb(n: int) -> str:
+        return f"{n / 1e6:.1f} MB"
+
+    results = report["results"]
+    source_bytes = results[0]["source_bytes"]
+    rows = [
+        "| type | size | ratio | ppl | ppl Δ | top-1 | layers q/skip |",
+        "|---|---|---|---|---|---|---|",
+        f"| source | {mb(source_bytes)} | 100% | {report['ppl_source']:.2f} | | | |",
+    ]
+    for r in results:
+        v = r["verify"]
+        how = f" ({r['int4_method'].upper()}, group size {r['group_size']})" if r["int4_method"] else ""
+        rows.append(
+            f"| {r['quant_type']}{how} | {mb(r['output_bytes'])} | {r['size_ratio']:.1%} | {v['ppl_quantized']:.2f} "
+            f"| {v['ppl_delta_pct']:+.2f}% | {v['top1_agreement']:.1%} "
+            f"| {v['quantized_linear']}/{v['skipped_linear']} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def record(report_json: str, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    report = json.loads(report_json)
+    report["source"], report["tracking"] = DEMO_NAME, None  # this machine's paths are no figures
+    for r in report["results"]:
+        r["output_dir"] = None
+    (folder / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "demo.md").write_text(figures_table(report))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m quantizer.demo", description=f"Quantize the bundled {DEMO_NAME} with int8 and int4."
     )
     parser.add_argument("--output-dir", default="out")
     parser.add_argument("--path-only", action="store_true", help="prepare the model, print its folder, exit")
+    parser.add_argument("--record", type=Path, help="also write the report and the README's table into this folder")
     args, rest = parser.parse_known_args(argv)
     folder = prepare()
     if args.path_only:
         print(folder)
         return 0
-    return cli_main(
-        [
-            str(folder),
-            DEMO_NAME,
-            "--quant-type",
-            "both",
-            "--save-only",
-            "--overwrite",
-            "--output-dir",
-            args.output_dir,
-            *rest,
-        ]
-    )
+    argv = [str(folder), DEMO_NAME, "--quant-type", "both", "--save-only", "--overwrite", "--output-dir"]
+    argv += [args.output_dir, *rest]
+    if not args.record:
+        return cli_main(argv)
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = cli_main(argv if "--json" in argv else [*argv, "--json"])
+    print(buffer.getvalue(), end="")
+    if code == 0:
+        record(buffer.getvalue(), args.record)
+    return code
 
 
 if __name__ == "__main__":

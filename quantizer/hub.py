@@ -148,7 +148,8 @@ class Hub:
         if is_transient(exc):
             code = f"HTTP {status}" if status else type(exc).__name__
             return HubError(f"the Hub did not answer while {what} ({code}) after {tries} tries; try again later.")
-        return HubError(f"the Hub refused {what}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        detail = getattr(exc, "server_message", None) or (str(exc).splitlines()[0] if str(exc) else "")
+        return HubError(f"the Hub refused {what}: {detail.strip() or type(exc).__name__}")
 
     # --- identity --------------------------------------------------------------------------------------------
     def whoami(self) -> Identity:

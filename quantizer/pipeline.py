@@ -332,7 +332,7 @@ class RecipeJob:
             self.fail(result, events.scrub(str(exc)))
         except Exception as exc:  # an unexpected failure still ends this type cleanly
             self.fail(result, events.scrub(f"unexpected error: {type(exc).__name__}: {exc}"))
-            if self.spec.debug:
+            if self.spec.debug:  # the caller prints the traceback (scrubbed)
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)

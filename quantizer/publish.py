@@ -13,6 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import ModelCard
+
 from . import card as model_card
 from .events import EventStream
 from .hardware import Hardware
@@ -67,6 +69,7 @@ class Publisher:
                     self.info.config.get("torch_dtype") or self.info.config.get("dtype") or "the source dtype"
                 ),
             )
+            card = ModelCard(self.events.scrub(card.content))  # a path or a name may carry a secret
             if self.spec.push:
                 self.hub.call("validating the model card", card.validate)
             card.save(folder / "README.md")
@@ -74,8 +77,10 @@ class Publisher:
     def push(self, folder: Path, recipe: Recipe, result: RecipeResult) -> None:
         info, target = self.info, result.target_repo
         revision = f" at {info.revision[:12]}" if info.revision else ""
-        message = f"Quantize {info.ref}{revision} with torchao {recipe.name}"
-        description = f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
+        message = self.events.scrub(f"Quantize {info.ref}{revision} with torchao {recipe.name}")
+        description = self.events.scrub(
+            f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
+        )
         with self.events.stage("push", f"pushing to {target} in one commit", quant_type=recipe.name):
             url, _ = self.hub.push(
                 folder,

@@ -138,6 +138,8 @@ class Tracker:
             "job_id": self.job_id,
             **{f"{lib}_version": version(lib) for lib in ("torch", "torchao", "transformers")},
         }
+        config = self.events.scrub_data(config)  # a folder name or a path may carry a secret
+        name = self.events.scrub(name)
         self.run = self._safely(
             "starting a run",
             lambda: trackio.init(
@@ -185,7 +187,7 @@ class Tracker:
             metrics.update({key: verify[key] for key in VERIFY_METRICS if verify[key] is not None})
         if result.error:
             metrics["error"] = self.events.scrub(result.error)
-        self.log({k: v for k, v in metrics.items() if v is not None})
+        self.log(self.events.scrub_data({k: v for k, v in metrics.items() if v is not None}))
         run = self.run
         if not result.ok:
             self._safely(

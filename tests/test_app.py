@@ -232,3 +232,40 @@ def test_the_form_is_defined_once_and_the_api_needs_only_the_source():
     )
     with pytest.raises(InputError, match="group size 'big' is not a number"):
         FormValues(source="alice/m", group_size="big").to_spec(None)
+
+
+def test_the_zerogpu_slot_fits_the_longest_job_the_form_allows(monkeypatch):
+    from quantizer import int4
+    from quantizer.spec import JobSpec
+    from ui.jobs import zerogpu_seconds
+
+    for budget in ("900", "3600"):
+        monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", budget)
+        assert zerogpu_seconds(JobSpec(source="a/b")) >= int4.budget_seconds() + 300
+    assert zerogpu_seconds(JobSpec(source="a/b", deadline_seconds=120)) == 180
+
+
+def test_on_a_space_the_sign_in_token_is_used_and_the_spaces_own_never(ui_source, hub, monkeypatch):
+    """The handler Gradio calls, given the OAuth token Gradio injects for a signed-in visitor."""
+    import gradio as gr
+
+    from ui import auth
+    from ui.app import quantize
+    from ui.form import FormValues
+
+    monkeypatch.setenv("SPACE_ID", "someone/torchao-quantizer")
+    monkeypatch.setenv("HF_TOKEN", ALICE)  # the Space's own secret
+    assert auth.resolve_token(None, None) is None and auth.resolve_token("", "oauth-token") == "oauth-token"
+    anonymous = list(quantize(FormValues(source=ui_source, target_name="by-nobody"), None, None, None))
+    assert "sign in with Hugging Face first" in anonymous[-1][0]
+    signed_in = list(
+        quantize(
+            FormValues(source=ui_source, target_name="by-oauth"),
+            gr.OAuthToken(token=ALICE, scope="write-repos", expires_at=0),
+            None,
+            None,
+        )
+    )
+    status = signed_in[-1][0]
+    assert status.startswith("✅ done") and f"{hub.endpoint}/alice/by-oauth" in status
+    assert not HfApi(token=ALICE).repo_exists("alice/by-nobody")

@@ -133,3 +133,55 @@ def test_every_code_block_runs_as_written(doc, examples):
             assert api.repo_exists(repo), repo
         assert api.model_info("acme/my-finetune-int8").private
         assert (examples["cwd"] / "out" / "my-model" / "config.json").is_file()
+
+
+MEASURE = re.compile(r"(?<![\w.])[+-]?\d+(?:\.\d+)?\s?(?:%|MB|GB|KB|ms|s|min|minutes|seconds|x)(?![\w])")
+
+
+def settings() -> dict[str, str]:
+    """Numbers in the prose that are settings or formulas, not measurements: each with the value the code or the
+    formula gives, so a changed setting fails here until the prose follows."""
+    from quantizer import int4, resources, verify
+    from ui import downloads
+
+    def share(bytes_per_weight: float) -> float:
+        return bytes_per_weight / 2  # of bf16's two bytes
+
+    return {
+        "20%": f"{verify.TOP1_FLOOR:.0%}",
+        "20 GB": f"{downloads.DEFAULT_QUOTA_BYTES / 1e9:.0f} GB",
+        "15 minutes": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} minutes",
+        "15 min": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} min",
+        "1 s": f"{int4.METHODS['gptq'].seconds_per_param * 1e6:.0f} s",
+        "1.25 x": f"{resources.MEMORY_FACTOR} x",
+        "0.6 GB": f"{resources.RUNTIME_BYTES / 1e9:.1f} GB",
+        "50%": f"{share(1):.0%}",  # int8 per row: one byte a weight
+        "56%": f"{share(1 + 4 / 32):.0%}",  # Intx int4: one byte a value, bf16 scale and zero per group of 32
+        "26.6%": f"{share(0.5 + 4 / 128):.1%}",  # tile-packed: half a byte a value, scale and zero per 128
+        "1.7 GB": "1.7 GB",  # the memory limit the larger-than-memory benchmark sets (its --limit-bytes)
+    }
+
+
+def prose_lines(path: Path, results: str) -> list[str]:
+    """Every line outside code blocks, hand-written tables included; a table line copied from a results file is
+    checked by the results tests instead."""
+    lines, in_code = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        elif not in_code and not (line.startswith("|") and line in results):
+            lines.append(line)
+    return lines
+
+
+def test_every_number_in_the_prose_is_a_measured_result_or_a_named_setting():
+    results = "\n".join(p.read_text() for p in (ROOT / "benchmarks" / "results").glob("*.*") if p.suffix != ".png")
+    known = settings()
+    for name, value in known.items():
+        assert name == value, f"the prose says {name}; the code says {value}"
+    for doc in DOCS:
+        for line in prose_lines(doc, results):
+            for number in MEASURE.findall(line):
+                value = re.match(r"[+-]?(\d+(?:\.\d+)?)", number)[1]  # results tables put units in headers
+                measured = re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", results)
+                assert measured or number in known, f"{doc.name}: {number!r} in: {line}"

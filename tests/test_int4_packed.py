@@ -6,8 +6,14 @@ import json
 
 import pytest
 import torch
-from torchao.quantization.quant_primitives import _dequantize_affine_tinygemm
+from torchao.quantization.quant_primitives import (
+    MappingType,
+    _choose_qparams_affine_tinygemm,
+    _dequantize_affine_tinygemm,
+    _quantize_affine_tinygemm,
+)
 from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor import Int4TilePackedTo4dTensor
+from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
 from transformers import AutoModelForCausalLM
 
 from quantizer import recipes
@@ -37,6 +43,29 @@ def test_a_value_lands_in_the_word_and_nibble_the_layout_names():
     word = int(packed[1, 1, t, 1]) & 0xFFFFFFFF
     assert word == 0xB << (4 * nibble)
     assert int((packed != 0).sum()) == 1
+
+
+def layout_position(n: int, k: int) -> tuple[tuple[int, int, int, int], int]:
+    """Where int4-packed.md puts value (n, k): the word [n_tile, k_outer, t, j] and the nibble, written out here
+    literally from the document (not from the packer)."""
+    n_tile, r = divmod(n, 8)
+    k_outer, rem = divmod(k, 128)
+    j, rem = divmod(rem, 32)
+    tile, rem = divmod(rem, 16)
+    h, rem = divmod(rem, 8)
+    c, e = divmod(rem, 2)
+    return (n_tile, k_outer, r * 4 + c, j), e * 4 + tile * 2 + h
+
+
+def test_every_value_sits_where_the_layout_document_says():
+    generator = torch.Generator().manual_seed(7)
+    q = torch.randint(0, 16, (24, 256), dtype=torch.int32, generator=generator)
+    packed = int4_packed.pack(q)
+    words = packed.to(torch.int64) & 0xFFFFFFFF
+    for n in range(24):
+        for k in range(256):
+            word, nibble = layout_position(n, k)
+            assert (int(words[word]) >> (4 * nibble)) & 0xF == int(q[n, k]), (n, k)
 
 
 def test_qparams_and_dequantization_match_torchaos_tinygemm_maths():
@@ -85,14 +114,32 @@ def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_mo
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "packed")  # loads on CPU; runs on CUDA
     source_model = AutoModelForCausalLM.from_pretrained(source)
-    expected_bytes = 0
+    expected_bytes = stored_bytes = 0
     for (name, module), (_, src) in zip(model.named_modules(), source_model.named_modules(), strict=True):
         if isinstance(module, torch.nn.Linear) and name != "lm_head":
             assert isinstance(module.weight, Int4TilePackedTo4dTensor)
-            built, _ = int4_packed.build(src.weight.data, 32)
-            assert torch.equal(module.weight.qdata, built.qdata)
-            assert torch.equal(module.weight.scale_and_zero, built.scale_and_zero)
-            expected_bytes += int4_packed.packed_bytes(*src.weight.shape, 32)
+            # the reference is torchao's own tinygemm maths on the weight padded as the format pads it, and the
+            # packed words are read back by the separate port of the unpack kernel, not by the packer
+            n, k = src.weight.shape
+            n_p, k_p = -(-n // 8) * 8, -(-k // 1024) * 1024
+            padded = torch.nn.functional.pad(src.weight.data.to(torch.bfloat16), (0, k_p - k, 0, n_p - n))
+            scale, zero = _choose_qparams_affine_tinygemm(
+                padded,
+                mapping_type=MappingType.ASYMMETRIC,
+                block_size=(1, 32),
+                target_dtype=torch.int32,
+                quant_min=0,
+                quant_max=15,
+                scale_dtype=torch.bfloat16,
+                zero_point_dtype=torch.bfloat16,
+            )
+            q = _quantize_affine_tinygemm(padded, (1, 32), scale, zero, torch.int32, 0, 15)
+            assert torch.equal(int4_packed.unpack(module.weight.qdata), q.to(torch.int32))
+            expected_sz = pack_tinygemm_scales_and_zeros(scale.reshape(n_p, -1), zero.reshape(n_p, -1), torch.bfloat16)
+            assert torch.equal(module.weight.scale_and_zero, expected_sz)
+            expected_bytes += n_p * k_p // 2 + (k_p // 32) * n_p * 4  # 4-bit values, bf16 scale and zero a group
+            stored_bytes += module.weight.qdata.numel() * 4 + module.weight.scale_and_zero.numel() * 2
+    assert stored_bytes == expected_bytes
     config = json.loads((tmp_path / "packed" / "config.json").read_text())["quantization_config"]
     assert config["quant_type"]["default"]["_type"] == "Int4WeightOnlyConfig"
     assert "tile_packed_to_4d" in json.dumps(config).lower()

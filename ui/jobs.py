@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import spaces
 
+from quantizer import int4
 from quantizer.cancel import CancelToken, JobCancelled
 from quantizer.errors import QuantizerError
 from quantizer.events import Event, EventStream
@@ -27,7 +28,7 @@ SHARED_STAGES = ("preflight", "fetch", "reference")
 RECIPE_STAGES_SAVE = ("quantize", "save", "verify", "card")
 PER_VISITOR = 2  # one running and one waiting
 RUN_LOCK = threading.Lock()  # one job at a time in this process, whatever the queue's concurrency says
-ZEROGPU_SECONDS = 1800  # the longest job the form allows: a model within the GPTQ budget, plus verification
+VERIFY_AND_PUSH_SECONDS = 600  # loading, the reference pass, verification and the upload, beside the int4 budget
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,15 @@ def run_ticket(spec: JobSpec, ticket: Ticket, inbox: queue.Queue) -> None:
         REGISTRY.done(ticket)
 
 
-@spaces.GPU(duration=ZEROGPU_SECONDS)
+def zerogpu_seconds(spec: JobSpec, ticket: Ticket | None = None) -> int:
+    """The ZeroGPU slot a job asks for (spaces calls this with the job's own arguments): its deadline when the host
+    set one, else the int4 method's time budget (GPTQ is chosen only when its estimate fits it) plus the rest."""
+    if spec.deadline_seconds:
+        return int(spec.deadline_seconds) + 60
+    return int(int4.budget_seconds()) + VERIFY_AND_PUSH_SECONDS
+
+
+@spaces.GPU(duration=zerogpu_seconds)
 def stream_job(spec: JobSpec, ticket: Ticket) -> Iterator[Event | Waiting | Finished]:
     inbox: queue.Queue[Event | Waiting | Finished] = queue.Queue()
     worker = threading.Thread(target=run_ticket, args=(spec, ticket, inbox), name="quantize-job", daemon=True)
