@@ -70,7 +70,7 @@ class Plan:
         storage = recipe.int4_format(self.hardware)
         if storage is None:
             return None
-        method = self.int4_method if self.int4_method and storage.accepts_calibrated else int4.RTN
+        method = self.int4_method if self.int4_method and storage.takes_calibrated(self.hardware.device) else int4.RTN
         return Int4Choice(
             method=method,
             format=storage,

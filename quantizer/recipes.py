@@ -59,9 +59,10 @@ class Recipe:
         return by_device.get(hardware.device, by_device.get("any"))
 
     def needs_divisible_groups(self, hardware: Hardware) -> bool:
-        """Intx groups must divide every width; the tile-packed format pads K to a multiple of 1024 first."""
+        """Groups of values chosen here (and all Intx groups) must divide every width; torchao's own tile-packed
+        values are taken after K is padded to a multiple of 1024, so any group size fits them."""
         storage = self.int4_format(hardware)
-        return storage is not None and not storage.pads_k
+        return storage is not None and (not storage.pads_k or storage.takes_calibrated(hardware.device))
 
     def runs_on(self, hardware: Hardware) -> str:
         storage = self.int4_format(hardware)
@@ -157,8 +158,9 @@ RECIPES: dict[str, Recipe] = {
                 ),
                 (
                     "cpu",
-                    "Int4TilePackedTo4dTensor written on this CPU with torchao's tinygemm qparams and a CPU port of "
-                    "CUDA's int4 packer: two int4 values per byte; runs on CUDA only; unverified on a GPU so far",
+                    "Int4TilePackedTo4dTensor written on this CPU (torchao's tinygemm qparams, or calibrated ones with "
+                    "--int4-method) by a CPU port of CUDA's int4 packer: two int4 values per byte; runs on CUDA only; "
+                    "unverified on a GPU so far",
                 ),
             ),
         ),

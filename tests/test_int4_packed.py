@@ -85,7 +85,8 @@ def test_registry_says_where_it_runs_and_that_the_gpu_check_is_pending():
     cpu = Hardware("cpu")
     assert r.runs_on(cpu) == "CUDA GPUs only" and r.unsupported_reason(cpu) is None
     assert "unverified on a GPU" in r.format_on(cpu)
-    assert not r.needs_divisible_groups(cpu)
+    # calibrated values need groups that divide the widths; torchao's own pad K first (on CUDA)
+    assert r.needs_divisible_groups(cpu) and not r.needs_divisible_groups(Hardware("cuda", (9, 0), "H100"))
 
 
 def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_model, tmp_path, capsys):
@@ -98,6 +99,8 @@ def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_mo
             "int4_tile_packed",
             "--group-size",
             "32",
+            "--int4-method",
+            "rtn",  # torchao's own tinygemm qparams, compared below with torchao's maths
             "--save-only",
             "--output-dir",
             str(tmp_path),
@@ -145,3 +148,28 @@ def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_mo
     assert "tile_packed_to_4d" in json.dumps(config).lower()
     card = (tmp_path / "packed" / "README.md").read_text()
     assert "| runs on | CUDA GPUs only |" in card and 'device_map="cuda"' in card
+
+
+def test_calibrated_values_in_the_tile_packed_format_are_the_intx_values(tiny_model, tmp_path, capsys):
+    """GPTQ and asym values stored two to a byte: the same int4 values as the portable Intx output of the same
+    method, read back through the unpack port, and the same perplexity within 0.5%."""
+    source = tiny_model(TinyShape(hidden=128, intermediate=256, tied=False))
+    for method in ("asym", "gptq"):
+        out = tmp_path / method
+        argv = [str(source), "m", "--quant-type", "int4_weight_only", "--quant-type", "int4_tile_packed"]
+        code = main(
+            [*argv, "--int4-method", method, "--save-only", "--output-dir", str(out), "--json", "--no-tracking"]
+        )
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        intx_result, packed_result = json.loads(captured.out)["results"]
+        assert packed_result["int4_method"] == method and packed_result["group_size"] == intx_result["group_size"]
+        ppl_intx, ppl_packed = intx_result["verify"]["ppl_quantized"], packed_result["verify"]["ppl_quantized"]
+        assert abs(ppl_packed - ppl_intx) / ppl_intx < 0.005
+        intx = AutoModelForCausalLM.from_pretrained(out / "m-int4wo")
+        tile = AutoModelForCausalLM.from_pretrained(out / "m-int4tp")
+        for (name, a), (_, b) in zip(intx.named_modules(), tile.named_modules(), strict=True):
+            if isinstance(b, torch.nn.Linear) and isinstance(b.weight, Int4TilePackedTo4dTensor):
+                n, k = b.weight.shape
+                values = int4_packed.unpack(b.weight.qdata)[:n, :k] - 8
+                assert torch.equal(values, a.weight.qdata.to(torch.int32)), (method, name)

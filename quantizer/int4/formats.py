@@ -35,9 +35,12 @@ class Int4Format:
     description: str
     torchao_writes_on: tuple[str, ...]  # devices where torchao's own config writes it while loading
     own_qparams: str  # what the format's own round-to-nearest is called in reports
-    accepts_calibrated: bool  # whether values chosen here (asym, GPTQ) can be stored in it
+    calibrated_on: tuple[str, ...]  # devices where values chosen here (asym, GPTQ) are stored in it
     cuda_only: bool  # the checkpoint runs on CUDA only (it loads anywhere)
     pads_k: bool  # the input width is padded first, so any group size fits every layer
+
+    def takes_calibrated(self, device: str) -> bool:
+        return device in self.calibrated_on
 
     def declared_config(self, group_size: int, dynamic_activations: bool) -> AOBaseConfig:
         """The torchao config that describes tensors made by `tensor` in config.json."""
@@ -96,21 +99,27 @@ class IntxFormat(Int4Format):
 
 class TilePackedFormat(Int4Format):
     """CUDA's `Int4TilePackedTo4dTensor` (two values a byte), written on a CPU by `packed` and checked there
-    against an independent port of the unpack kernel."""
+    against an independent port of the unpack kernel; it holds torchao's tinygemm values or calibrated ones."""
 
     def declared_config(self, group_size: int, dynamic_activations: bool) -> AOBaseConfig:
         return Int4WeightOnlyConfig(group_size=group_size, int4_packing_format="tile_packed_to_4d")
 
     def tensor(self, weight: torch.Tensor, quant: GroupQuant | None, group_size: int, dynamic_activations: bool):
-        if quant is not None:
-            raise ValueError("the tile-packed format takes torchao's tinygemm qparams only")
-        return packed.build(weight, group_size)[0]
+        return self.packed(weight, quant, group_size)[0]
+
+    @staticmethod
+    def packed(weight: torch.Tensor, quant: GroupQuant | None, group_size: int):
+        """torchao's tinygemm qparams when `quant` is None, else the values chosen elsewhere; with the padded
+        [0, 15] values for checking."""
+        if quant is None:
+            return packed.build(weight.cpu(), group_size)
+        return packed.from_group_quant(quant, group_size)
 
     def install(self, linears, quants, group_size, dynamic_activations) -> tuple[str, ...]:
         actual = expected = 0
         for name, module in linears.items():
             n, k = module.weight.shape
-            tensor, q = packed.build(module.weight.data, group_size)
+            tensor, q = self.packed(module.weight.data, quants[name] if quants is not None else None, group_size)
             if not torch.equal(packed.unpack(tensor.qdata), q):
                 raise QuantizationError(
                     f"the CPU int4 packer disagrees with the unpack kernel on {name}; nothing was kept"
@@ -132,7 +141,7 @@ INTX = IntxFormat(
     description="portable Intx: one int4 value per int8 byte; loads on CPU and CUDA",
     torchao_writes_on=("cpu", "cuda"),
     own_qparams="rtn",
-    accepts_calibrated=True,
+    calibrated_on=("cpu", "cuda"),
     cuda_only=False,
     pads_k=False,
 )
@@ -141,7 +150,7 @@ TILE_PACKED = TilePackedFormat(
     description="CUDA's tile-packed int4: two values a byte; runs on CUDA only",
     torchao_writes_on=("cuda",),
     own_qparams="tinygemm",
-    accepts_calibrated=False,
+    calibrated_on=("cpu",),  # on CUDA torchao writes it itself (our packer is not yet checked on a GPU)
     cuda_only=True,
     pads_k=True,
 )

@@ -143,13 +143,14 @@ def choose_method(
     """The job's int4 method and a sentence saying why. `formats` maps each int4 type of the job to the
     format it stores here. The default is GPTQ when its estimate fits the budget, else asym."""
     method = get_method(requested) if requested else None
-    calibratable = [name for name, fmt in formats.items() if fmt.accepts_calibrated]
-    own_only = [name for name, fmt in formats.items() if not fmt.accepts_calibrated]
+    device = "cuda" if cuda else "cpu"
+    calibratable = [name for name, fmt in formats.items() if fmt.takes_calibrated(device)]
+    own_only = [name for name, fmt in formats.items() if not fmt.takes_calibrated(device)]
     if method and not method.torchao_own and own_only and not calibratable:
         cure = "use --int4-method rtn, or --device cpu" if cuda else "use --int4-method rtn"
         raise InputError(
-            f"--int4-method {method.name} chooses int4 values for the portable Intx format; {', '.join(own_only)} "
-            f"is written tile-packed here, with torchao's own qparams: {cure}."
+            f"--int4-method {method.name} chooses int4 values that {', '.join(own_only)} cannot store here: on CUDA "
+            f"it is written tile-packed by torchao, with its own qparams: {cure}."
         )
     if not calibratable:
         return None, ""

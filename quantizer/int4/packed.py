@@ -24,6 +24,8 @@ from torchao.quantization.quantize_.workflows.int4.int4_tile_packed_to_4d_tensor
 from torchao.quantization.utils import pack_tinygemm_scales_and_zeros
 from torchao.utils import find_multiple
 
+from .grid import GroupQuant
+
 INNER_K_TILES = 8
 K_PAD, N_PAD = 1024, 8
 
@@ -104,6 +106,29 @@ def build(weight: torch.Tensor, group_size: int) -> tuple[Int4TilePackedTo4dTens
     tensor = Int4TilePackedTo4dTensor(
         qdata=qdata,
         scale_and_zero=scale_and_zero,
+        block_size=[1, group_size],
+        shape=torch.Size([n, k]),
+        act_pre_scale=None,
+    )
+    return tensor, q
+
+
+def from_group_quant(quant: GroupQuant, group_size: int) -> tuple[Int4TilePackedTo4dTensor, torch.Tensor]:
+    """The tile-packed tensor holding int4 values chosen elsewhere (asym, GPTQ): the same weights, since
+    `(q - z) * s` on the [-8, 7] grid is `(q' - 8) * s + zero` with q' = q + 8 and zero = -z * s. Padding
+    holds zeros (value 8, zero point 0). Also returns the padded [0, 15] values, for checking."""
+    n, k = quant.qdata.shape
+    n_p, k_p = padded_shape(n, k)
+    q = torch.full((n_p, k_p), 8, dtype=torch.int32)
+    q[:n, :k] = quant.qdata.to(torch.int32) + 8
+    groups = k_p // group_size
+    scale = torch.ones(n_p, groups, dtype=torch.bfloat16)
+    zero = torch.zeros(n_p, groups, dtype=torch.bfloat16)
+    scale[:n, : k // group_size] = quant.scale.to(torch.bfloat16)
+    zero[:n, : k // group_size] = (-quant.zero_point.float() * quant.scale.float()).to(torch.bfloat16)
+    tensor = Int4TilePackedTo4dTensor(
+        qdata=pack(q),
+        scale_and_zero=pack_tinygemm_scales_and_zeros(scale, zero, torch.bfloat16),
         block_size=[1, group_size],
         shape=torch.Size([n, k]),
         act_pre_scale=None,
