@@ -212,7 +212,7 @@ def build_app() -> gr.Blocks:
             with gr.Row():
                 chart = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
                 samples = gr.Markdown(elem_id="samples")
-            download = gr.File(label="Download (save-only jobs on a shared Space)", elem_id="download")
+            download = gr.File(label="Download (save-only output)", elem_id="download", visible=auth.public())
             with gr.Accordion("Report (JSON)", open=False):
                 report = gr.JSON()
 

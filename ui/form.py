@@ -133,7 +133,7 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
         "int4_method": lambda: gr.Dropdown(
             method_choices(),
             value=default("int4_method"),
-            label="int4 method (int4 types stored as Intx)",
+            label="int4 method (how the int4 values are chosen)",
             allow_custom_value=True,
             info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
             "source; asym is instant; rtn is torchao's plain rounding",
