@@ -86,7 +86,9 @@ class SourceInfo:
 
     @property
     def _index_files(self) -> list[str]:
-        return [f for f in self.files if f.endswith(".index.json") and f.startswith(("model", "pytorch_model"))]
+        """The shard index of the chosen weights, by its exact name (never a path that merely starts like one)."""
+        index = index_name(list(self.files), list(self.weight_files)) if self.weight_files else None
+        return [index] if index else []
 
     @property
     def tied_embeddings(self) -> bool:
