@@ -30,18 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--methods", nargs="+", default=["rtn", "asym", "gptq"])
     parser.add_argument("--quant-type", default="int4_weight_only")
+    parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_methods.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
-    source = build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
+    source = args.source or build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
     rows, baseline = [], None
     with tempfile.TemporaryDirectory() as out:
         for method in args.methods:
             started = time.perf_counter()
             report = run(
                 JobSpec(
-                    str(source),
-                    f"offgrid-{method}",
-                    [args.quant_type],
+                    source=str(source),
+                    target=f"offgrid-{method}",
+                    quant_types=[args.quant_type],
                     group_size=args.group_size,
                     save_only=True,
                     output_dir=Path(out),
@@ -82,17 +84,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['top1_agreement']:.1%} | {row['seconds']:.1f} | {row.get('quantize_seconds') or 0:.1f} | "
             f"{human_bytes(row['bytes'])} |"
         )
+    model = args.source.name if args.source else "Off-grid SmolLM2-135M-Instruct"
     header = (
-        f"Off-grid SmolLM2-135M-Instruct, {args.quant_type}, group size {args.group_size}, perplexity on "
+        f"{model}, {args.quant_type}, group size {args.group_size}, perplexity on "
         f"{args.eval_tokens} tokens of Python's pydoc topics (GPTQ calibrated on the other half); "
         "2-core CPU."
     )
     text = header + "\n\n" + "\n".join(table) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int4_methods.md").write_text(text)
-    (RESULTS / "int4_methods.json").write_text(
-        json.dumps({"settings": vars(args), "rows": [baseline, *rows]}, indent=2)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "int4_methods.md").write_text(text)
+    (args.results / "int4_methods.json").write_text(
+        json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "rows": [baseline, *rows]}, indent=2)
     )
     return 0
 

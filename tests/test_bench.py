@@ -56,3 +56,15 @@ def test_the_guide_quotes_the_committed_results():
         assert table, results
         for line in table:
             assert line in guide, f"{results.name}: {line}"
+
+
+def test_the_int4_methods_benchmark_runs_end_to_end(tiny_model, tmp_path):
+    """The benchmark behind the guide's int4 table, on a tiny model and the two instant methods."""
+    from benchmarks import int4_methods
+
+    argv = ["--source", str(tiny_model()), "--methods", "rtn", "asym", "--eval-tokens", "512"]
+    assert int4_methods.main([*argv, "--group-size", "32", "--results", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "int4_methods.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["bf16 (source)", "rtn", "asym"]
+    assert all(math.isfinite(r["ppl"]) for r in rows)
+    assert "| asym |" in (tmp_path / "int4_methods.md").read_text()

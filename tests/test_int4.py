@@ -61,7 +61,7 @@ def test_default_is_gptq_when_it_fits_the_budget_else_asym(monkeypatch):
     cpu = Hardware("cpu")
     method, why = choose_int4_method(None, INT4, cpu, SMOL_CONFIG)
     assert method == "gptq" and "about" in why
-    monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", "60")
+    monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", "30")
     method, why = choose_int4_method(None, INT4, cpu, SMOL_CONFIG)
     assert method == "asym" and "pass --int4-method gptq" in why
     assert choose_int4_method("rtn", INT4, cpu, SMOL_CONFIG)[0] == "rtn"

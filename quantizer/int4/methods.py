@@ -90,8 +90,8 @@ ASYM = AsymRoundToNearest(
 GPTQ_METHOD = GPTQ(
     name="gptq",
     description="GPTQ on calibration text (error-compensating, asymmetric float zero points); the most accurate, "
-    "about 1 s per million parameters on 2 CPU cores",
-    seconds_per_param=1e-6,  # SmolLM2-135M (106M Linear parameters) in 74 s
+    "about 0.4 s per million parameters on 2 CPU cores",
+    seconds_per_param=0.4e-6,  # off-grid SmolLM2-135M (106M Linear parameters) in 37.7 s: benchmarks/int4_methods
     calibrated=True,
     streams=False,
 )
