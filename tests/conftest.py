@@ -6,7 +6,9 @@ first imported (transformers and gradio import it too).
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 from tests.support.hub_server import HubServer
@@ -23,6 +25,8 @@ os.environ.update(
     TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1",
 )
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's own token must never be used
+for _scratch in (os.environ["HF_HOME"], os.environ["TRACKIO_DIR"]):  # leave no caches behind on the machine
+    atexit.register(shutil.rmtree, _scratch, ignore_errors=True)
 
 from pathlib import Path  # noqa: E402
 
