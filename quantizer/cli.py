@@ -20,6 +20,7 @@ from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
 from .report import results_table
+from .spec import host_deadline_seconds
 from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
 
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--int4-method",
         choices=tuple(int4.METHODS),
         default=None,
-        help="how int4 weights are chosen for the Intx int4 types: "
+        help="how int4 weights are chosen for the int4 types: "
         + "; ".join(f"{m.name} ({m.description})" for m in int4.METHODS.values())
         + f"; default: {int4.auto_description()}",
     )
@@ -172,9 +173,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         streaming=args.streaming,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
-        deadline_seconds=float(os.environ["QUANTIZER_JOB_TIMEOUT"])
-        if os.environ.get("QUANTIZER_JOB_TIMEOUT")
-        else None,
+        deadline_seconds=host_deadline_seconds(),
     )
 
 

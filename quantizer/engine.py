@@ -20,7 +20,7 @@ from transformers.quantizers.auto import AutoHfQuantizer
 from .errors import QuantizationError
 from .events import EventStream
 from .hardware import Hardware
-from .int4 import Int4Choice
+from .int4 import Int4Choice, made_here
 from .layers import LayerCount, count_linear_layers
 from .source import TOKENIZER_FILES
 
@@ -68,13 +68,13 @@ def quantize_and_save(
     int4: Int4Choice | None = None,
 ) -> LayerCount:
     """Quantize the source and save safetensors with save_pretrained."""
-    custom = int4 is not None and not int4.torchao_writes(hardware.device)
-    how = f"{int4.label} int4" if custom else type(torchao_config).__name__
+    custom = made_here(int4, hardware.device)
+    how = f"{custom.label} int4" if custom else type(torchao_config).__name__
     with events.stage("quantize", f"quantizing with {how}", quant_type=quant_type):
         try:
             notes: tuple[str, ...] = ()
             if custom:
-                model, notes = load_with_int4(source_dir, torchao_config, int4, hardware, events, quant_type)
+                model, notes = load_with_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
                     source_dir,

@@ -272,7 +272,6 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             events=events,
             workdir=workdir,
             private=plan.private,
-            user=plan.identity.name if plan.identity else None,
         )
         for recipe in plan.recipes:
             job = RecipeJob(
@@ -309,7 +308,8 @@ class RecipeJob:
             config = int4_choice.config(config)
         result = self.new_result(config, int4_choice)
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
-        tracker.start(self.plan.info, result, self.plan.hardware.name, user=publisher.user, private=self.plan.private)
+        user = self.plan.identity.name if self.plan.identity else None
+        tracker.start(self.plan.info, result, self.plan.hardware.name, user=user, private=self.plan.private)
         peak = PeakRSS()
         peak.reset()
         staging = publisher.staging_folder(recipe, result.target_repo)
@@ -382,7 +382,7 @@ class RecipeJob:
     def stream(self, staging: Path, config: AOBaseConfig, int4_choice: Int4Choice | None):
         """The shard-by-shard engine; int4 values chosen here go through the choice's per-tensor path."""
         plan, recipe, events = self.plan, self.recipe, self.events
-        custom = int4_choice is not None and not int4_choice.torchao_writes(plan.hardware.device)
+        custom = int4.made_here(int4_choice, plan.hardware.device)
         with events.stage("quantize", "quantizing shard by shard (streaming)", quant_type=recipe.name):
             try:
                 streamed = stream_quantize(
@@ -392,7 +392,7 @@ class RecipeJob:
                     config,
                     events,
                     recipe.name,
-                    quantize=int4_choice.quantize_tensor if custom else None,
+                    quantize=custom.quantize_tensor if custom else None,
                     shard_path=self.fetched.shard,
                     release=self.fetched.release,
                 )

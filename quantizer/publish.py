@@ -37,7 +37,6 @@ class Publisher:
     events: EventStream
     workdir: Path
     private: bool
-    user: str | None = None  # the signed-in account the job runs for
 
     def staging_folder(self, recipe: Recipe, target: str) -> Path:
         """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torchao.core.config import AOBaseConfig
@@ -32,6 +33,7 @@ GROUP_SIZES = (256, 128, 64, 32)  # largest first: the automatic choice takes th
 BOTH = ("int8_weight_only", "int4_weight_only")
 
 ConfigBuilder = Callable[[Hardware, int], AOBaseConfig]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,8 +57,7 @@ class Recipe:
 
     def int4_format(self, hardware: Hardware) -> Int4Format | None:
         """The int4 storage format on this hardware; None for types that are not int4."""
-        by_device = dict(self.int4_formats)
-        return by_device.get(hardware.device, by_device.get("any"))
+        return on_device(self.int4_formats, hardware)
 
     def needs_divisible_groups(self, hardware: Hardware) -> bool:
         """Groups of values chosen here (and all Intx groups) must divide every width; torchao's own tile-packed
@@ -84,8 +85,7 @@ class Recipe:
 
     def format_on(self, hardware: Hardware) -> str:
         """What the checkpoint stores and where it loads, for the report, card and UI."""
-        by_device = dict(self.formats)
-        return by_device.get(hardware.device, by_device.get("any", ""))
+        return on_device(self.formats, hardware) or ""
 
     @property
     def hardware_text(self) -> str:
@@ -96,6 +96,12 @@ class Recipe:
                 return f"CUDA GPU (compute capability >= {'.'.join(map(str, self.min_cuda_capability))})"
             return "CUDA GPU"
         return "CPU or CUDA GPU"
+
+
+def on_device(pairs: tuple[tuple[str, T], ...], hardware: Hardware) -> T | None:
+    """The entry for this hardware's device in (device or "any", value) pairs."""
+    by_device = dict(pairs)
+    return by_device.get(hardware.device, by_device.get("any"))
 
 
 def _tile_packed(hardware: Hardware, group_size: int) -> AOBaseConfig:

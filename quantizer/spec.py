@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,6 +10,12 @@ from .naming import split_repo_id
 from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
 DEFAULT_OUTPUT_DIR = Path("out")
+
+
+def host_deadline_seconds() -> float | None:
+    """The host's limit on a job's run time (QUANTIZER_JOB_TIMEOUT seconds), for the CLI and the Space alike."""
+    value = os.environ.get("QUANTIZER_JOB_TIMEOUT")
+    return float(value) if value else None
 
 
 @dataclass(kw_only=True)

@@ -68,7 +68,7 @@ def quantize(
     if not values.quant_types:
         yield view("❌ choose at least one quantization type.")
         return
-    secret = auth.resolve_token(values.token, oauth_token.token if oauth_token else None)
+    secret = auth.token_for(values.token, oauth_token)
     try:
         spec = values.to_spec(secret)
         visitor = auth.visitor(secret)
@@ -134,7 +134,7 @@ def finished_view(item: Finished, log: list[str], view, stamp, spec) -> tuple:
 
 def stop(token: str | None, oauth_token: gr.OAuthToken | None = None, request: gr.Request | None = None) -> str:
     """Stop the caller's jobs: the signed-in visitor's, and this page's."""
-    secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
+    secret = auth.token_for(token, oauth_token)
     try:
         visitor = auth.visitor(secret) if secret or not auth.public() else None
     except QuantizerError:
@@ -150,7 +150,7 @@ def page_closed(request: gr.Request) -> None:
 
 
 def refresh_namespaces(token: str, oauth_token: gr.OAuthToken | None = None):
-    choices, note = auth.namespaces(auth.resolve_token(token, oauth_token.token if oauth_token else None))
+    choices, note = auth.namespaces(auth.token_for(token, oauth_token))
     return gr.update(choices=choices, value=choices[0] if choices else None, info=note)
 
 
@@ -158,7 +158,7 @@ def show_history(token: str | None = None, oauth_token: gr.OAuthToken | None = N
     """Past jobs from Trackio's store, newest first: on a shared Space only the signed-in visitor's own."""
     if not auth.public():
         return history_frame()
-    secret = auth.resolve_token(token, oauth_token.token if oauth_token else None)
+    secret = auth.token_for(token, oauth_token)
     try:
         visitor = auth.visitor(secret)
     except QuantizerError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+import gradio as gr
+
 from quantizer.errors import QuantizerError
 from quantizer.hub import AuthError, Hub
 
@@ -40,6 +42,11 @@ def resolve_token(typed: str | None, oauth_token: str | None) -> str | None:
     if typed and typed.strip():
         return typed.strip()
     return None if public() else os.environ.get("HF_TOKEN") or None
+
+
+def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | None:
+    """The token a request acts with, from what the page or the API sent (see resolve_token)."""
+    return resolve_token(typed, oauth_token.token if oauth_token else None)
 
 
 def visitor(token: str | None) -> str:

@@ -22,7 +22,7 @@ from quantizer import int4, recipes
 from quantizer.errors import InputError
 from quantizer.hardware import Hardware
 from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
-from quantizer.spec import JobSpec
+from quantizer.spec import JobSpec, host_deadline_seconds
 
 from .auth import public
 
@@ -58,8 +58,8 @@ class FormValues:
         shared = public()
         return JobSpec(
             public=shared,
-            max_source_bytes=env_number("QUANTIZER_MAX_SOURCE_BYTES") if shared else None,
-            deadline_seconds=env_number("QUANTIZER_JOB_TIMEOUT"),
+            max_source_bytes=max_source_bytes() if shared else None,
+            deadline_seconds=host_deadline_seconds(),
             source=(self.source or "").strip(),
             target=(self.target_name or "").strip() or None,
             namespace=(self.namespace or "").strip() or None,
@@ -74,8 +74,9 @@ class FormValues:
         )
 
 
-def env_number(name: str) -> int | None:
-    value = os.environ.get(name)
+def max_source_bytes() -> int | None:
+    """The largest source a shared deployment takes (QUANTIZER_MAX_SOURCE_BYTES)."""
+    value = os.environ.get("QUANTIZER_MAX_SOURCE_BYTES")
     return int(float(value)) if value else None
 
 

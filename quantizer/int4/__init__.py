@@ -7,7 +7,7 @@
 - `apply`: `Int4Choice`, one int4 type of one job, as the engines use it.
 """
 
-from .apply import Int4Choice
+from .apply import Int4Choice, made_here
 from .formats import FORMATS, INTX, TILE_PACKED, Int4Format
 from .grid import GroupQuant, quantize_asym
 from .methods import METHODS, RTN, Int4Method, auto_description, budget_seconds, choose_method, get_method
@@ -26,5 +26,6 @@ __all__ = [
     "budget_seconds",
     "choose_method",
     "get_method",
+    "made_here",
     "quantize_asym",
 ]

@@ -60,3 +60,9 @@ class Int4Choice:
         """One weight as its torchao tensor (the streaming engine's per-tensor path)."""
         quant = self.method.quantize_tensor(weight, self.group_size)
         return self.format.tensor(weight, quant, self.group_size, self.dynamic_activations)
+
+
+def made_here(choice: Int4Choice | None, device: str) -> Int4Choice | None:
+    """`choice` when its weights are made here (values chosen here, or a format torchao writes only elsewhere);
+    None when torchao's own config makes them while loading, or the type is not int4."""
+    return choice if choice is not None and not choice.torchao_writes(device) else None
