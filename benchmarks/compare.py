@@ -23,14 +23,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
 
 from quantizer import recipes
 from quantizer.demo import DEMO_NAME, prepare
-from quantizer.hardware import Hardware, detect
+from quantizer.hardware import Hardware, PeakGPU, detect
 from quantizer.report import human_bytes
 from quantizer.safetensors_io import weights_bytes
 
@@ -52,6 +54,8 @@ class Row:
     ppl_delta_pct: float
     top1_agreement: float
     speed_vs_source: float = 1.0
+    quantize_peak_gpu_bytes: int | None = None  # CUDA memory the quantize job allocated at its peak
+    serve_peak_gpu_bytes: int | None = None  # CUDA memory allocated at the peak of loading and generating
 
 
 def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> tuple[dict, float, int]:
@@ -86,10 +90,16 @@ def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> t
 
 
 @torch.no_grad()
-def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) -> tuple[float, float, float]:
-    """(load seconds, next-token ms, tokens per second), medians of `repeats` after one warm-up."""
+def time_model(
+    folder: Path, hardware: Hardware, repeats: int, new_tokens: int
+) -> tuple[float, float, float, int | None]:
+    """(load seconds, next-token ms, tokens per second, peak GPU bytes), medians of `repeats` after one warm-up."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    peak_gpu = PeakGPU(hardware)
+    if hardware.is_cuda:
+        torch.cuda.empty_cache()
+    peak_gpu.reset()
     loads = []
     for _ in range(max(1, min(repeats, 3))):
         started = time.perf_counter()
@@ -130,7 +140,8 @@ def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) 
     generate()  # warm-up, excluded
     latency = statistics.median(decode_step() for _ in range(repeats)) * 1000
     throughput = statistics.median(generate() for _ in range(repeats))
-    return statistics.median(loads), latency, throughput
+    peak = peak_gpu.peak_bytes()
+    return statistics.median(loads), latency, throughput, peak
 
 
 def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
@@ -149,26 +160,75 @@ def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
 
 
 def bench(
-    model: str | None, types: list[str] | None, repeats: int, new_tokens: int, device: str, extra: list[str]
+    model: str | None,
+    types: list[str] | None,
+    repeats: int,
+    new_tokens: int,
+    device: str,
+    extra: list[str],
+    on_row: Callable[[list[Row], dict], None] = lambda rows, meta: None,
 ) -> tuple[list[Row], dict]:
+    """Quantize every type, then time the source and each output; `on_row` sees the table after every row, so
+    a run cut short (a lent GPU's time running out) still leaves what it measured."""
     hardware = detect(device)
     chosen = types or recipes.made_and_run_on(hardware)  # each output is timed here
     with tempfile.TemporaryDirectory(prefix="quantizer-bench-") as tmp:
         work = Path(tmp)
         source, model_name = resolve_model(model, work)
         source_bytes = weights_bytes(source)
-        jobs = {}
+        jobs, failed = {}, {}
         for quant_type in chosen:
             print(f"quantizing {quant_type} ...", file=sys.stderr, flush=True)
-            jobs[quant_type] = run_job(source, quant_type, work / quant_type, ["--device", hardware.device, *extra])
-        print("timing the source ...", file=sys.stderr, flush=True)
-        load, latency, throughput = time_model(source, hardware, repeats, new_tokens)
+            try:
+                jobs[quant_type] = run_job(source, quant_type, work / quant_type, ["--device", hardware.device, *extra])
+            except RuntimeError as exc:  # one type's failure is reported, the others are still measured
+                print(exc, file=sys.stderr, flush=True)
+                failed[quant_type] = str(exc)[-600:]
+        if not jobs:
+            raise SystemExit(f"every type failed: {', '.join(failed)}")
         first = next(iter(jobs.values()))[0]
-        rows = [Row("source", source_bytes, 1.0, None, None, load, latency, throughput, first["ppl_source"], 0.0, 1.0)]
+        meta = {
+            "model": model or f"bundled {DEMO_NAME}",
+            "model_name": model_name,
+            "hardware": hardware.name,
+            "device": hardware.device,
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "repeats": repeats,
+            "new_tokens": new_tokens,
+            "prompt": PROMPT,
+            "eval_tokens": first["results"][0]["verify"]["eval_tokens"],
+            "int4_method": first_int4_method(jobs),
+            "threads": torch.get_num_threads(),
+            "versions": {name: version(name) for name in ("torch", "torchao", "transformers")},
+            "gpu_driver": gpu_driver() if hardware.is_cuda else None,
+            "failed": failed,
+        }
+        print("timing the source ...", file=sys.stderr, flush=True)
+        load, latency, throughput, serve_peak = time_model(source, hardware, repeats, new_tokens)
+        rows = [
+            Row(
+                "source",
+                source_bytes,
+                1.0,
+                None,
+                None,
+                load,
+                latency,
+                throughput,
+                first["ppl_source"],
+                0.0,
+                1.0,
+                serve_peak_gpu_bytes=serve_peak,
+            )
+        ]
+        on_row(rows, meta)
         for quant_type, (report, seconds, peak) in jobs.items():
             result = report["results"][0]
             print(f"timing {quant_type} ...", file=sys.stderr, flush=True)
-            load, latency, throughput = time_model(Path(result["output_dir"]), hardware, repeats, new_tokens)
+            load, latency, throughput, serve_peak = time_model(
+                Path(result["output_dir"]), hardware, repeats, new_tokens
+            )
             v = result["verify"]
             rows.append(
                 Row(
@@ -184,23 +244,23 @@ def bench(
                     v["ppl_delta_pct"],
                     v["top1_agreement"],
                     throughput / rows[0].tokens_per_second,
+                    quantize_peak_gpu_bytes=result.get("peak_gpu_bytes"),
+                    serve_peak_gpu_bytes=serve_peak,
                 )
             )
-    meta = {
-        "model": model or f"bundled {DEMO_NAME}",
-        "model_name": model_name,
-        "hardware": hardware.name,
-        "device": hardware.device,
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "repeats": repeats,
-        "new_tokens": new_tokens,
-        "prompt": PROMPT,
-        "eval_tokens": first["results"][0]["verify"]["eval_tokens"],
-        "int4_method": first_int4_method(jobs),
-        "threads": torch.get_num_threads(),
-    }
+            on_row(rows, meta)
     return rows, meta
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver version, as nvidia-smi reports it (None where it cannot be read)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
 def first_int4_method(jobs: dict) -> str | None:
@@ -208,28 +268,54 @@ def first_int4_method(jobs: dict) -> str | None:
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
-    head = (
-        "| type | weights | ratio | quantize job (s) | peak RSS quantizing | load (s) | next token (ms) | "
-        "tokens/s | vs source | perplexity | Δ ppl | top-1 |"
+    on_gpu = meta["device"] == "cuda"
+    columns = [
+        "type",
+        "weights",
+        "ratio",
+        "quantize job (s)",
+        "peak RSS quantizing",
+        *(["peak GPU quantizing", "peak GPU serving"] if on_gpu else []),
+        "load (s)",
+        "next token (ms)",
+        "tokens/s",
+        "vs source",
+        "perplexity",
+        "Δ ppl",
+        "top-1",
+    ]
+    versions = meta.get("versions") or {}
+    where = (
+        f"{meta['hardware']} (driver {meta.get('gpu_driver') or 'unknown'}, torch {meta['torch']}, torchao "
+        f"{versions.get('torchao', '?')}, transformers {versions.get('transformers', '?')})"
+        if on_gpu
+        else f"{meta['hardware']} ({meta['device']}, torch {meta['torch']}, {meta['threads']} threads)"
     )
     lines = [
-        f"{meta['model_name']} on {meta['hardware']} ({meta['device']}, torch {meta['torch']}, "
-        f"{meta['threads']} threads); batch 1, {meta['new_tokens']} new tokens, median of {meta['repeats']}; "
+        f"{meta['model_name']} on {where}; batch 1, {meta['new_tokens']} new tokens, median of {meta['repeats']}; "
         f"perplexity on {meta['eval_tokens']} tokens of Python's pydoc topics"
         + (f"; int4 method {meta['int4_method']}" if meta.get("int4_method") else "")
         + ".",
         "",
-        head,
-        "|" + "|".join("---" for _ in range(12)) + "|",
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
     ]
     for r in rows:
+        gpu = (
+            f"{'-' if r.quantize_peak_gpu_bytes is None else human_bytes(r.quantize_peak_gpu_bytes)} | "
+            f"{'-' if r.serve_peak_gpu_bytes is None else human_bytes(r.serve_peak_gpu_bytes)} | "
+            if on_gpu
+            else ""
+        )
         lines.append(
             f"| {r.name} | {human_bytes(r.bytes)} | {r.size_ratio:.1%} | "
             f"{'-' if r.quantize_seconds is None else f'{r.quantize_seconds:.1f}'} | "
-            f"{'-' if r.quantize_peak_rss_bytes is None else human_bytes(r.quantize_peak_rss_bytes)} | "
+            f"{'-' if r.quantize_peak_rss_bytes is None else human_bytes(r.quantize_peak_rss_bytes)} | {gpu}"
             f"{r.load_seconds:.2f} | {r.next_token_ms:.1f} | {r.tokens_per_second:.1f} | {r.speed_vs_source:.2f}x | "
             f"{r.ppl:.3f} | {r.ppl_delta_pct:+.2f}% | {r.top1_agreement:.1%} |"
         )
+    for quant_type, error in (meta.get("failed") or {}).items():
+        lines.append(f"\n{quant_type} failed: {error.strip().splitlines()[-1] if error.strip() else 'no message'}")
     return "\n".join(lines) + "\n"
 
 
@@ -265,20 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     from quantizer.cli import quiet_libraries
 
     quiet_libraries()
-    rows, meta = bench(args.model, args.types, args.repeats, args.new_tokens, args.device, extra)
+    args.output.mkdir(parents=True, exist_ok=True)
+
+    def write(rows: list[Row], meta: dict) -> None:
+        name = args.name or f"{meta['device']}-{meta['model_name']}"
+        (args.output / f"{name}.md").write_text(markdown(rows, meta))
+        data = {"meta": meta, "rows": [asdict(r) for r in rows]}
+        (args.output / f"{name}.json").write_text(json.dumps(data, indent=2))
+
+    rows, meta = bench(args.model, args.types, args.repeats, args.new_tokens, args.device, extra, on_row=write)
     bad = [r.name for r in rows for v in asdict(r).values() if isinstance(v, float) and not math.isfinite(v)]
     name = args.name or f"{meta['device']}-{meta['model_name']}"
-    args.output.mkdir(parents=True, exist_ok=True)
     text = markdown(rows, meta)
-    (args.output / f"{name}.md").write_text(text)
-    (args.output / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2))
     chart(rows, meta, args.output / f"{name}.png")
     print(text)
     print(f"written: {args.output / name}.{{md,json,png}}", file=sys.stderr)
     if bad:
         print(f"non-finite figures in: {sorted(set(bad))}", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if bad or meta["failed"] else 0
 
 
 if __name__ == "__main__":

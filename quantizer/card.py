@@ -100,6 +100,7 @@ def render(
         speed_quantized=f"{v.tokens_per_second:.1f}",
         sample_tokens=SAMPLE_TOKENS,
         peak_rss=human_bytes(result.peak_rss_bytes),
+        peak_gpu=human_bytes(result.peak_gpu_bytes) if result.peak_gpu_bytes is not None else None,
         sample_prompt=SAMPLE_PROMPT,
         sample_source=v.sample_source,
         sample=v.sample,

@@ -83,3 +83,17 @@ class PeakRSS:
         except OSError:
             pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakGPU:
+    """Peak CUDA memory this process allocated since `reset()`; None for a job that does not run on a GPU."""
+
+    def __init__(self, hardware: Hardware) -> None:
+        self.on_gpu = hardware.is_cuda
+
+    def reset(self) -> None:
+        if self.on_gpu:
+            torch.cuda.reset_peak_memory_stats()
+
+    def peak_bytes(self) -> int | None:
+        return int(torch.cuda.max_memory_allocated()) if self.on_gpu else None

@@ -22,7 +22,7 @@ from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
 from .events import Event, EventStream
-from .hardware import Hardware, PeakRSS, detect
+from .hardware import Hardware, PeakGPU, PeakRSS, detect
 from .hub import AuthError, Hub, Identity
 from .int4 import Int4Choice, Int4Method
 from .layers import LayerCount, planned_linear_layers
@@ -310,8 +310,9 @@ class RecipeJob:
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
         user = self.plan.identity.name if self.plan.identity else None
         tracker.start(self.plan.info, result, self.plan.hardware.name, user=user, private=self.plan.private)
-        peak = PeakRSS()
+        peak, peak_gpu = PeakRSS(), PeakGPU(self.plan.hardware)
         peak.reset()
+        peak_gpu.reset()
         staging = publisher.staging_folder(recipe, result.target_repo)
         try:
             counts, result.verify = self.quantize_and_verify(staging, config, int4_choice)
@@ -322,7 +323,7 @@ class RecipeJob:
             result.output_bytes = weights_bytes(staging)
             result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
             result.seconds = events.seconds_for(recipe.name)
-            result.peak_rss_bytes = peak.peak_bytes()
+            result.peak_rss_bytes, result.peak_gpu_bytes = peak.peak_bytes(), peak_gpu.peak_bytes()
             publisher.publish(staging, recipe, result)
             result.status = "ok"
         except JobCancelled:
@@ -337,7 +338,7 @@ class RecipeJob:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             result.seconds = events.seconds_for(recipe.name)
-            result.peak_rss_bytes = peak.peak_bytes()
+            result.peak_rss_bytes, result.peak_gpu_bytes = peak.peak_bytes(), peak_gpu.peak_bytes()
             tracker.finish(result)
         return result
 

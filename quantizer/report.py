@@ -53,6 +53,7 @@ class RecipeResult:
     size_ratio: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
+    peak_gpu_bytes: int | None = None  # CUDA memory allocated at the peak, for a job on a GPU
     verify: VerifyResult | None = None
     notes: list[str] = field(default_factory=list)
 
