@@ -150,7 +150,7 @@ TILE_PACKED = TilePackedFormat(
     description="CUDA's tile-packed int4: two values a byte; runs on CUDA only",
     torchao_writes_on=("cuda",),
     own_qparams="tinygemm",
-    calibrated_on=("cpu",),  # on CUDA torchao writes it itself (our packer is not yet checked on a GPU)
+    calibrated_on=("cpu",),  # on CUDA torchao writes it itself (our packer, checked bit for bit, runs on CPU tensors)
     cuda_only=True,
     pads_k=True,
 )
