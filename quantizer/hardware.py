@@ -60,6 +60,16 @@ def free_disk_bytes(path: Path) -> int:
     return psutil.disk_usage(str(path)).free
 
 
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` now (what a job's folders hold on the disk)."""
+    total = 0
+    for item in Path(path).rglob("*"):
+        with contextlib.suppress(OSError):  # a file removed while counting
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+    return total
+
+
 class PeakRSS:
     """Peak resident memory of this process since `reset()`.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx2
-from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -212,39 +212,13 @@ class Hub:
 
         Returns (url, commit oid).
         """
-        created = False
+        upload = Upload(self, repo_id, private=private, replace=replace)
         try:
-            if replace and self.exists(repo_id):
-                if private:  # before any file lands, so an overwritten public repo never shows the new files
-                    self.call(
-                        "making the target repo private",
-                        lambda: self.api.update_repo_settings(repo_id, private=True),
-                        repo_id,
-                    )
-            else:
-                created = True  # from the first try: a retry after a lost answer finds the repo this job made
-                attempt = iter(range(1_000))
-                self.call(
-                    "creating the target repo",
-                    lambda: self.api.create_repo(repo_id, private=private, exist_ok=next(attempt) > 0),
-                    repo_id,
-                )
-            commit = self.call(
-                "uploading",
-                lambda: self.api.upload_folder(
-                    repo_id=repo_id,
-                    folder_path=folder,
-                    commit_message=message,
-                    commit_description=description,
-                    delete_patterns=["*"] if replace else None,
-                ),
-                repo_id,
-            )
+            upload.open()
+            return upload.commit(folder, message=message, description=description)
         except BaseException:
-            if created:
-                self.remove_half_made(repo_id)
+            upload.abandon()
             raise
-        return repo_url(repo_id), commit.oid
 
     def remove_half_made(self, repo_id: str) -> None:
         try:
@@ -252,3 +226,85 @@ class Hub:
             self.events.warn(f"the push failed; the repo {repo_id} that this job had created was deleted again")
         except QuantizerError as exc:
             self.events.warn(f"the push failed and {repo_id} could not be deleted ({exc}); delete it by hand")
+
+
+class Upload:
+    """One commit built up over a job, so a model larger than the disk can still be pushed as one commit.
+
+    `open` creates the target repo (or, with `replace`, makes an existing one private first when it must be);
+    `send` puts one large file in the Hub's storage ahead of the commit (huggingface_hub's
+    `preupload_lfs_files`), after which the local copy may go; `commit` makes one commit of everything sent
+    plus every file left in the folder, so the repo never shows a partial model. `abandon` deletes a repo that
+    this upload created; files sent but never committed are not part of any revision.
+    """
+
+    def __init__(self, hub: Hub, repo_id: str, *, private: bool, replace: bool) -> None:
+        self.hub, self.repo_id, self.private, self.replace = hub, repo_id, private, replace
+        self.created = False
+        self.sent: dict[str, CommitOperationAdd] = {}
+
+    def open(self) -> None:
+        hub, repo_id = self.hub, self.repo_id
+        if self.replace and hub.exists(repo_id):
+            if self.private:  # before any file lands, so an overwritten public repo never shows the new files
+                hub.call(
+                    "making the target repo private",
+                    lambda: hub.api.update_repo_settings(repo_id, private=True),
+                    repo_id,
+                )
+            return
+        self.created = True  # from the first try: a retry after a lost answer finds the repo this job made
+        attempt = iter(range(1_000))
+        hub.call(
+            "creating the target repo",
+            lambda: hub.api.create_repo(repo_id, private=self.private, exist_ok=next(attempt) > 0),
+            repo_id,
+        )
+
+    def send(self, path: Path, path_in_repo: str) -> bool:
+        """Upload one file to the Hub's storage now; True when it is stored there, so the local file may go.
+
+        Files the Hub keeps in git rather than in large-file storage (small ones) are not sent ahead: they
+        stay on disk and go with the commit. A retry re-sends only what the Hub does not have yet.
+        """
+        operation = CommitOperationAdd(path_in_repo=path_in_repo, path_or_fileobj=str(path))
+        self.hub.call(
+            f"uploading {path_in_repo}",
+            lambda: self.hub.api.preupload_lfs_files(self.repo_id, additions=[operation], free_memory=True),
+            self.repo_id,
+        )
+        stored = operation.path_or_fileobj == b""  # free_memory empties what it uploaded (its documented contract)
+        if stored:
+            self.sent[path_in_repo] = operation
+        return stored
+
+    def commit(self, folder: Path, *, message: str, description: str) -> tuple[str, str]:
+        """One commit: the files sent ahead, every file in `folder`, and (replace) the removal of all others."""
+        operations: list = list(self.sent.values())
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            name = path.relative_to(folder).as_posix()
+            if name not in self.sent:
+                operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)))
+        if self.replace and not self.created:
+            keep = {op.path_in_repo for op in operations}
+            existing = self.hub.call(
+                "listing the target's files", lambda: self.hub.api.list_repo_files(self.repo_id), self.repo_id
+            )
+            operations += [
+                CommitOperationDelete(path_in_repo=name)
+                for name in existing
+                if name not in keep and name != ".gitattributes"  # as upload_folder's delete_patterns does
+            ]
+        commit = self.hub.call(
+            "uploading",
+            lambda: self.hub.api.create_commit(
+                self.repo_id, operations=operations, commit_message=message, commit_description=description
+            ),
+            self.repo_id,
+        )
+        return repo_url(self.repo_id), commit.oid
+
+    def abandon(self) -> None:
+        if self.created:
+            self.hub.remove_half_made(self.repo_id)
+            self.created = False

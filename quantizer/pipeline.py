@@ -22,10 +22,11 @@ from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
 from .events import Event, EventStream
-from .hardware import Hardware, PeakGPU, PeakRSS, detect
-from .hub import AuthError, Hub, Identity
+from .hardware import Hardware, PeakGPU, PeakRSS, available_memory_bytes, detect, folder_bytes
+from .hub import AuthError, Hub, Identity, Upload
 from .int4 import Int4Choice, Int4Method
 from .layers import LayerCount, planned_linear_layers
+from .layerwise import LayerwiseEvaluator
 from .naming import split_repo_id, target_for
 from .publish import Publisher
 from .recipes import DEFAULT_GROUP_SIZE, Recipe, choose_group_size
@@ -64,6 +65,7 @@ class Plan:
     streaming: bool = False
     source_fits: bool = True  # the source can be loaded as a whole (for the reference pass)
     private: bool = False  # the targets are created private
+    upload_as_it_goes: bool = False  # streamed shards are uploaded and deleted as they are written
 
     def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
@@ -79,6 +81,12 @@ class Plan:
             calibration=calibration if method.calibrated else None,
             calibration_name=calibration_name,
         )
+
+
+def layerwise_memory_budget() -> int:
+    """How much weight the layer-by-layer evaluator may hold waiting for a layer's last tensor: a quarter of
+    what is free, so the streaming engine keeps its two shards."""
+    return available_memory_bytes() // 4
 
 
 def check_options(spec: JobSpec) -> None:
@@ -160,17 +168,19 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         notes.append(why)
         events.log(why)
     check_targets_free(spec, hub, targets)
-    resources.check(
-        resources.estimate(
-            info.weight_bytes,
-            len(recipes),
-            download=info.repo_id is not None,
-            keep_outputs=spec.local_dir is not None,
-            workdir=workdir,
-            output_dir=spec.local_dir,
-            streaming_shard=info.largest_weight_file if streaming else None,
-        )
+    upload_as_it_goes = streaming and spec.push and spec.local_dir is None
+    needs = resources.estimate(
+        info.weight_bytes,
+        len(recipes),
+        download=info.repo_id is not None,
+        keep_outputs=spec.local_dir is not None,
+        workdir=workdir,
+        output_dir=spec.local_dir,
+        streaming_shard=info.largest_weight_file if streaming else None,
+        upload_as_it_goes=upload_as_it_goes,
     )
+    events.log(resources.describe(needs) + ("; shards are uploaded as they are written" if upload_as_it_goes else ""))
+    resources.check(needs)
     return Plan(
         hardware=hardware,
         source=source,
@@ -184,6 +194,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         streaming=streaming,
         source_fits=source_fits,
         private=private,
+        upload_as_it_goes=upload_as_it_goes,
     )
 
 
@@ -275,9 +286,15 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         )
         for recipe in plan.recipes:
             job = RecipeJob(
-                spec=spec, plan=plan, recipe=recipe, fetched=fetched, measurements=measurements, events=events
+                spec=spec,
+                plan=plan,
+                recipe=recipe,
+                fetched=fetched,
+                measurements=measurements,
+                events=events,
+                publisher=publisher,
             )
-            result = job.run(publisher, tracker)
+            result = job.run(tracker)
             report.results.append(result)
             events.emit(
                 Event("result", f"{recipe.name}: {result.status}", quant_type=recipe.name, data={"result": result})
@@ -299,8 +316,13 @@ class RecipeJob:
     fetched: Fetched
     measurements: Measurements
     events: EventStream
+    publisher: Publisher
+    upload: Upload | None = None  # the target, open while streamed shards are uploaded as they are written
+    uploaded_bytes: int = 0
+    peak_disk_bytes: int | None = None
 
-    def run(self, publisher: Publisher, tracker: Tracker) -> RecipeResult:
+    def run(self, tracker: Tracker) -> RecipeResult:
+        publisher = self.publisher
         recipe, events = self.recipe, self.events
         int4_choice = self.plan.int4_for(recipe, self.measurements.calibration, self.measurements.calibration_name)
         config = recipe.config(self.plan.hardware, self.plan.group_size)
@@ -320,11 +342,12 @@ class RecipeJob:
                 result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
             result.notes.extend(counts.notes)
             check_sane(result.verify, recipe.name)
-            result.output_bytes = weights_bytes(staging)
+            result.output_bytes = weights_bytes(staging) + self.uploaded_bytes
             result.size_ratio = result.output_bytes / result.source_bytes if result.source_bytes else None
             result.seconds = events.seconds_for(recipe.name)
             result.peak_rss_bytes, result.peak_gpu_bytes = peak.peak_bytes(), peak_gpu.peak_bytes()
-            publisher.publish(staging, recipe, result)
+            result.peak_disk_bytes = self.peak_disk_bytes
+            publisher.publish(staging, recipe, result, self.upload)
             result.status = "ok"
         except JobCancelled:
             result.status, result.error = "cancelled", events.cancel.reason or "the job was stopped"
@@ -336,6 +359,8 @@ class RecipeJob:
             if self.spec.debug:  # the caller prints the traceback (scrubbed)
                 raise
         finally:
+            if self.upload is not None and result.status != "ok":
+                self.upload.abandon()  # nothing was committed; a repo this job created goes again
             shutil.rmtree(staging, ignore_errors=True)
             result.seconds = events.seconds_for(recipe.name)
             result.peak_rss_bytes, result.peak_gpu_bytes = peak.peak_bytes(), peak_gpu.peak_bytes()
@@ -369,21 +394,58 @@ class RecipeJob:
                 self.fetched.folder, staging, config, plan.hardware, events, recipe.name, int4_choice
             )
             return counts, verify_output(staging, plan.hardware, m.data, m.reference, events, recipe.name)
-        streamed = self.stream(staging, config, int4_choice)
-        if m.reference is not None:
+        evaluator = None
+        if m.reference is None or plan.upload_as_it_goes:  # the source, or the output, cannot be loaded later
+            evaluator = LayerwiseEvaluator(plan.info.config, m.data, layerwise_memory_budget())
+        if plan.upload_as_it_goes:
+            self.upload = self.publisher.open_upload(recipe, plan.targets[recipe.name])
+        streamed = self.stream(staging, config, int4_choice, evaluator)
+        if m.reference is not None and not plan.upload_as_it_goes:
             full = verify_output(staging, plan.hardware, m.data, m.reference, events, recipe.name)
             layers = f"; output error of {len(streamed.layer_errors)} sampled Linear layers"
             return streamed.counts, replace(full, checked=full.checked + layers, layer_errors=streamed.layer_errors)
-        output_fits = resources.fits_in_memory(weights_bytes(staging))
+        no_reload_because = (
+            "the output was uploaded as it was written"
+            if plan.upload_as_it_goes
+            else None
+            if resources.fits_in_memory(streamed.output_bytes)
+            else "the output is larger than memory"
+        )
         verified = verify_streamed(
-            staging, plan.hardware, m.data, events, recipe.name, streamed.layer_errors, output_fits, streamed.counts
+            staging,
+            plan.hardware,
+            m.data,
+            events,
+            recipe.name,
+            streamed.layer_errors,
+            no_reload_because,
+            streamed.counts,
+            layerwise=evaluator.result() if evaluator else None,
+            layerwise_missing=evaluator.stopped if evaluator else None,
         )
         return streamed.counts, verified
 
-    def stream(self, staging: Path, config: AOBaseConfig, int4_choice: Int4Choice | None):
-        """The shard-by-shard engine; int4 values chosen here go through the choice's per-tensor path."""
+    def stream(
+        self, staging: Path, config: AOBaseConfig, int4_choice: Int4Choice | None, evaluator: LayerwiseEvaluator | None
+    ):
+        """The shard-by-shard engine; int4 values chosen here go through the choice's per-tensor path. Each
+        finished shard feeds the layer-by-layer evaluator and, when uploading as it goes, leaves the disk."""
         plan, recipe, events = self.plan, self.recipe, self.events
         custom = int4.made_here(int4_choice, plan.hardware.device)
+        folders = [self.publisher.workdir, *([staging] if not staging.is_relative_to(self.publisher.workdir) else [])]
+
+        def written(source_file: Path, output_file: Path) -> None:
+            if evaluator is not None:
+                evaluator.feed(source_file, output_file)
+            now = sum(folder_bytes(folder) for folder in folders)
+            self.peak_disk_bytes = max(self.peak_disk_bytes or 0, now)
+            if self.upload is not None:
+                size = output_file.stat().st_size
+                if self.upload.send(output_file, output_file.name):
+                    output_file.unlink()
+                    self.uploaded_bytes += size
+                    events.log(f"uploaded {output_file.name} ({human_bytes(size)})", quant_type=recipe.name)
+
         with events.stage("quantize", "quantizing shard by shard (streaming)", quant_type=recipe.name):
             try:
                 streamed = stream_quantize(
@@ -396,6 +458,7 @@ class RecipeJob:
                     quantize=custom.quantize_tensor if custom else None,
                     shard_path=self.fetched.shard,
                     release=self.fetched.release,
+                    written=written,
                 )
             except QuantizerError:
                 raise

@@ -18,7 +18,7 @@ from huggingface_hub import ModelCard
 from . import card as model_card
 from .events import EventStream
 from .hardware import Hardware
-from .hub import Hub, repo_url
+from .hub import Hub, Upload, repo_url
 from .recipes import Recipe
 from .report import RecipeResult
 from .source import SourceInfo
@@ -46,11 +46,23 @@ class Publisher:
         parent.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f".{recipe.suffix}.partial-", dir=parent))
 
-    def publish(self, staging: Path, recipe: Recipe, result: RecipeResult) -> None:
-        """Card, then push and/or keep; `result` gets the url and the output folder."""
+    def open_upload(self, recipe: Recipe, target: str) -> Upload:
+        """Open the target for an output uploaded as it is written (the caller abandons it if the job fails)."""
+        upload = Upload(self.hub, target, private=self.private, replace=self.spec.overwrite)
+        upload.open()
+        self.events.log(
+            f"{target}: each finished shard goes to the Hub's storage now and is deleted here; one commit at the "
+            "end makes the model appear",
+            quant_type=recipe.name,
+        )
+        return upload
+
+    def publish(self, staging: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None = None) -> None:
+        """Card, then push (completing `upload` when shards went ahead) and/or keep; `result` gets the url and
+        the output folder."""
         self.write_card(staging, recipe, result)
         if self.spec.push:
-            self.push(staging, recipe, result)
+            self.push(staging, recipe, result, upload)
         if self.spec.local_dir is not None:
             final = self.spec.local_folder(result.target_repo)
             replace_folder(staging, final)
@@ -73,7 +85,7 @@ class Publisher:
                 self.hub.call("validating the model card", card.validate)
             card.save(folder / "README.md")
 
-    def push(self, folder: Path, recipe: Recipe, result: RecipeResult) -> None:
+    def push(self, folder: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None) -> None:
         info, target = self.info, result.target_repo
         revision = f" at {info.revision[:12]}" if info.revision else ""
         message = self.events.scrub(f"Quantize {info.ref}{revision} with torchao {recipe.name}")
@@ -81,14 +93,17 @@ class Publisher:
             f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
         )
         with self.events.stage("push", f"pushing to {target} in one commit", quant_type=recipe.name):
-            url, _ = self.hub.push(
-                folder,
-                target,
-                private=self.private,
-                message=message,
-                description=description,
-                replace=self.spec.overwrite,
-            )
+            if upload is not None:
+                url, _ = upload.commit(folder, message=message, description=description)
+            else:
+                url, _ = self.hub.push(
+                    folder,
+                    target,
+                    private=self.private,
+                    message=message,
+                    description=description,
+                    replace=self.spec.overwrite,
+                )
         result.url = url
         self.events.log(f"pushed {repo_url(target)}", quant_type=recipe.name)
 

@@ -54,6 +54,7 @@ class RecipeResult:
     seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
     peak_gpu_bytes: int | None = None  # CUDA memory allocated at the peak, for a job on a GPU
+    peak_disk_bytes: int | None = None  # the job's folders at their fullest, for a streamed job
     verify: VerifyResult | None = None
     notes: list[str] = field(default_factory=list)
 

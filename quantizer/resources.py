@@ -40,9 +40,11 @@ def estimate(
     workdir: Path,
     output_dir: Path | None,
     streaming_shard: int | None = None,
+    upload_as_it_goes: bool = False,
 ) -> list[Need]:
     """The disk and memory a job needs, by place. With `streaming_shard` (the largest source shard's bytes)
-    memory holds about one shard's tensors at a time and the download one shard."""
+    memory holds about one shard's tensors at a time and the download one shard; with `upload_as_it_goes`
+    each output shard leaves the disk once uploaded, so the staged output is bounded by two shards too."""
     output = int(weight_bytes * OUTPUT_SHARE)
     if streaming_shard is None:
         needs = [Need("memory", None, memory_for_whole_model(weight_bytes))]
@@ -50,6 +52,8 @@ def estimate(
     else:
         needs = [Need("memory", None, 2 * streaming_shard + RUNTIME_BYTES)]
         download_bytes = streaming_shard
+        if upload_as_it_goes:
+            output = 2 * int(streaming_shard * OUTPUT_SHARE)
     work = (download_bytes if download else 0) + (0 if keep_outputs else output)
     if work:
         needs.append(Need("the download and staged output", workdir, work))
@@ -60,6 +64,17 @@ def estimate(
 
 def gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
+
+
+def describe(needs: list[Need]) -> str:
+    """What preflight checked, with the numbers: each need against what this machine has."""
+    parts = []
+    for need in needs:
+        if need.path is None:
+            parts.append(f"{gb(need.bytes)} of memory ({gb(available_memory_bytes())} available)")
+        else:
+            parts.append(f"{gb(need.bytes)} of disk for {need.where} ({gb(free_disk_bytes(need.path))} free)")
+    return "this job needs about " + ", and ".join(parts)
 
 
 def check(needs: list[Need]) -> None:

@@ -177,12 +177,6 @@ def write_header(path: Path, length: int, header: dict) -> None:
         f.write(encoded + b" " * (length - len(encoded)))
 
 
-def rewrite_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Replace the __metadata__ of a file written by ShardWriter, keeping its header length."""
-    reader = ShardReader(path)
-    write_header(path, reader.data_start - 8, {"__metadata__": metadata, **reader.entries})
-
-
 def weights_bytes(folder: Path) -> int:
     """Bytes of the safetensors weight files in a model folder (what its size on the Hub is made of)."""
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))

@@ -9,8 +9,10 @@ tied (the source stores them once, and config.json keeps tie_word_embeddings).
 
 Tensors are read and written one at a time (quantizer.safetensors_io), without memory maps, and
 tensors that pass through are copied in chunks, so memory holds about one Linear weight at a
-time. torchao's loader needs the merged metadata of all tensors in every shard, which is only
-known at the end: each shard reserves room in its header, rewritten once every shard exists.
+time. transformers merges the torchao metadata of all shards in file order, the last file's
+`tensor_names` winning, so each shard's header holds the metadata of every tensor written so far
+and the last one names them all. A finished shard is therefore final: the caller may upload and
+delete it (`written`) while the next one is quantized.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from transformers import TorchAoConfig
 from .events import EventStream
 from .int4.packed import cpu_runnable
 from .layers import LayerCount, planned_linear_layers, planned_skipped_linears
-from .safetensors_io import ShardReader, ShardWriter, rewrite_metadata
+from .safetensors_io import ShardReader, ShardWriter
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -80,6 +82,7 @@ class Streamed:
 
     counts: LayerCount
     layer_errors: dict[str, float]  # weight name -> relative error of the layer's output on random inputs
+    output_bytes: int  # of the weight shards written (some may have been uploaded and deleted since)
 
 
 def layer_output_error(weight: torch.Tensor, quantized: torch.Tensor, seed: int = 0) -> float:
@@ -114,12 +117,15 @@ def stream_quantize(
     quantize: Callable[[torch.Tensor], torch.Tensor] | None = None,
     shard_path: Callable[[str], Path] | None = None,
     release: Callable[[str], None] | None = None,
+    written: Callable[[Path, Path], None] | None = None,
     check_layers: int = 8,
 ) -> Streamed:
     """Write the quantized checkpoint to `output_dir` shard by shard.
 
     `quantize(weight)` makes one quantized weight (default: `torchao_config` through quantize_).
     `shard_path(name)` gives the local file of a source shard (a Hub source downloads it then);
+    `written(source_file, output_file)` is called once an output shard is final, before its source
+    shard is released (the caller may check it, upload it and delete it);
     `release(name)` is called once its output is written (a Hub source deletes it). The output
     error of `check_layers` Linear layers spread over the model is measured on the way.
     """
@@ -138,8 +144,8 @@ def stream_quantize(
     names: list[str] = []
     metadata: dict[str, str] = {}
     weight_map: dict[str, str] = {}
-    written: list[Path] = []
     total_size = 0
+    output_bytes = 0
     quantized = 0
     for i, shard in enumerate(plan.shards):
         out_name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
@@ -168,15 +174,14 @@ def stream_quantize(
                 total_size += writer.add(flat_key, value)
                 weight_map[flat_key] = out_name
             del tensor, flat
-        writer.close({"format": "pt"})
+        writer.close({**metadata, "tensor_names": json.dumps(names), "format": "pt"})
         reader.close()
-        written.append(output_dir / out_name)
+        output_bytes += (output_dir / out_name).stat().st_size
+        if written:
+            written(shard_path(shard), output_dir / out_name)
         if release:
             release(shard)
         events.progress("stream", i + 1, n, quant_type=quant_type)
-    merged = {**metadata, "tensor_names": json.dumps(names), "format": "pt"}
-    for path in written:
-        rewrite_metadata(path, merged)
     if n > 1:
         index_out = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (output_dir / INDEX_NAME).write_text(json.dumps(index_out, indent=2, sort_keys=True) + "\n")
@@ -187,7 +192,9 @@ def stream_quantize(
     if missing:
         raise ValueError(f"the source has no tensor for {sorted(missing)[:3]}")
     return Streamed(
-        counts=LayerCount(quantized=quantized, skipped=planned_skipped_linears(config_dict)), layer_errors=layer_errors
+        counts=LayerCount(quantized=quantized, skipped=planned_skipped_linears(config_dict)),
+        layer_errors=layer_errors,
+        output_bytes=output_bytes,
     )
 
 

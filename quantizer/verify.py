@@ -22,6 +22,7 @@ from .events import EventStream
 from .hardware import Hardware
 from .int4.packed import dequantize_tile_packed
 from .layers import LayerCount, count_linear_layers
+from .layerwise import LayerwiseFigures
 from .texts import SAMPLE_TOKENS, EvalData
 
 # Below this top-1 agreement an output is broken, not merely lossy (random models still agree far more).
@@ -234,42 +235,54 @@ def verify_streamed(
     events: EventStream,
     quant_type: str,
     layer_errors: dict[str, float],
-    load_output: bool,
+    no_reload_because: str | None,
     counts: LayerCount,
+    layerwise: LayerwiseFigures | None = None,
+    layerwise_missing: str | None = None,
 ) -> VerifyResult:
     """Verification when the source is too large to run as a whole: the sampled layers' output error
-    measured while streaming, then (when the output fits in memory) a stock reload with perplexity and
-    a sample of the quantized model alone."""
-
-    layers = (
+    measured while streaming; both models' perplexity, logits and top-1 run one decoder layer at a time
+    from the shards as they were written (`layerwise`); then, unless `no_reload_because` says why not (the
+    output was uploaded as it was written, or is larger than memory), a stock reload with a sample."""
+    checks = [
         f"output error of {len(layer_errors)} Linear layers spread over the model (worst "
         f"{max(layer_errors.values(), default=0.0):.2%})"
-    )
-    if not load_output:
+    ]
+    if layerwise is not None:
+        checks.append(
+            f"perplexity, logits and top-1 of the source and of the output on {data.eval_tokens} tokens, run one "
+            f"decoder layer at a time ({layerwise.layers} layers) from the shards as they were written"
+        )
+    elif layerwise_missing:
+        checks.append(layerwise_missing)
+    compared = {
+        "logits_rel_err": layerwise.logits_rel_err if layerwise else None,
+        "top1_agreement": layerwise.top1_agreement if layerwise else None,
+        "ppl_source": layerwise.ppl_source if layerwise else None,
+        "ppl_quantized": layerwise.ppl_quantized if layerwise else None,
+        "ppl_delta_pct": (layerwise.ppl_quantized / layerwise.ppl_source - 1) * 100 if layerwise else None,
+    }
+    if no_reload_because:
+        checks.append(f"{no_reload_because}, so it was not reloaded")
         return VerifyResult(
             reload_ok=False,
-            logits_rel_err=None,
-            top1_agreement=None,
-            ppl_source=None,
-            ppl_quantized=None,
-            ppl_delta_pct=None,
+            **compared,
             quantized_linear=counts.quantized,
             skipped_linear=len(counts.skipped),
             sample="",
             sample_source="",
-            eval_tokens=0,
-            checked=layers + "; the output is larger than memory, so it was not reloaded",
+            eval_tokens=data.eval_tokens if layerwise else 0,
+            checked="; ".join(checks),
             layer_errors=layer_errors,
         )
     with events.stage("verify", "reloading with stock transformers", quant_type=quant_type):
         counts, got, load_seconds, _ = reload_and_measure(output_dir, hardware, data, events, quant_type)
+    checks.append("stock reload and a sample of the quantized model (the source was streamed, never loaded as a whole)")
+    if layerwise is None:
+        compared["ppl_quantized"] = got.ppl
     return VerifyResult(
         reload_ok=True,
-        logits_rel_err=None,
-        top1_agreement=None,
-        ppl_source=None,
-        ppl_quantized=got.ppl,
-        ppl_delta_pct=None,
+        **compared,
         quantized_linear=counts.quantized,
         skipped_linear=len(counts.skipped),
         sample=got.sample,
@@ -277,7 +290,6 @@ def verify_streamed(
         eval_tokens=data.eval_tokens,
         load_seconds=load_seconds,
         tokens_per_second=got.tokens_per_second,
-        checked=layers + "; stock reload, perplexity and a sample of the quantized model (the source was "
-        "streamed, never loaded as a whole)",
+        checked="; ".join(checks),
         layer_errors=layer_errors,
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quantizer import recipes, resources
 from quantizer.cli import main
@@ -17,6 +17,8 @@ from quantizer.engine import copy_side_files, quantize_and_save
 from quantizer.events import EventStream
 from quantizer.hardware import Hardware
 from quantizer.streaming import stream_quantize
+from quantizer.texts import build_eval_data, default_eval_text
+from quantizer.verify import Figures, measure
 from tests.conftest import ALICE
 from tests.support.hub_repos import upload_model
 from tests.support.models import TinyShape
@@ -104,11 +106,29 @@ def test_a_model_larger_than_the_memory_limit_streams_automatically(sharded, tmp
     assert code == 0, captured.err
     assert "streaming engine: one shard at a time" in captured.err
     verify = json.loads(captured.out)["results"][0]["verify"]
-    assert verify["ppl_source"] is None and verify["logits_rel_err"] is None  # the source was never loaded whole
+    # the source was never loaded whole: both models ran one decoder layer at a time, and agree with a whole load
+    source_figures, output_figures = whole_model_figures(source), whole_model_figures(tmp_path / "big")
+    assert verify["ppl_source"] == pytest.approx(source_figures.ppl, rel=1e-5)
+    assert verify["ppl_quantized"] == pytest.approx(output_figures.ppl, rel=1e-5)
+    got, ref = output_figures.logits, source_figures.logits
+    assert verify["logits_rel_err"] == pytest.approx(float((got - ref).norm() / ref.norm()), rel=1e-4)
+    assert "run one decoder layer at a time (2 layers)" in verify["checked"]
     assert "output error of 8 Linear layers" in verify["checked"] and len(verify["layer_errors"]) == 8
     assert "Checked: output error of 8 Linear layers" in (tmp_path / "big" / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "big")
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+
+
+def whole_model_figures(folder: Path) -> Figures:
+    """The standard verification's figures of a model loaded whole (the reference for the layer-by-layer run)."""
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    return measure(
+        AutoModelForCausalLM.from_pretrained(folder),
+        tokenizer,
+        build_eval_data(tokenizer, default_eval_text()),
+        EventStream(),
+        None,
+    )
 
 
 def test_gptq_is_refused_when_streaming(sharded, tmp_path, capsys):
@@ -199,7 +219,8 @@ def test_a_model_whose_output_does_not_fit_either_succeeds_with_every_cpu_type(
     for result in results:
         verify = result["verify"]
         assert result["status"] == "ok", result["error"]
-        assert verify["reload_ok"] is False and verify["ppl_quantized"] is None  # too large to reload here
+        assert verify["reload_ok"] is False  # too large to reload here, but run one decoder layer at a time:
+        assert verify["ppl_source"] == results[0]["verify"]["ppl_source"] and abs(verify["ppl_delta_pct"]) < 50
         assert verify["quantized_linear"] == 7 * 8 and verify["skipped_linear"] == 1  # counted while streaming
         assert "not reloaded" in verify["checked"] and len(verify["layer_errors"]) == 8
         out = Path(result["output_dir"])

@@ -1,0 +1,250 @@
+"""Perplexity of a model that cannot be loaded, measured one decoder layer at a time while it is streamed.
+
+The streaming engine hands over each source shard with the output shard made from it, while both are
+still on disk (before the source shard is released and the output uploaded and deleted). The evaluator
+reads from them the tensors it still needs: the embedding, final norm and head once, and the weights of
+decoder layers not yet run. As soon as a decoder layer has all its weights, from the source and from the
+output, the source's and the output's hidden states go through it and its weights are dropped. The inputs
+of the first decoder layer (the embedded tokens, and the position embeddings and mask each layer is
+called with) come from the model's own forward, stopped at that layer, so no architecture is re-implemented
+here. At the end the final norm and the head give both models' perplexity and logits.
+
+Memory: the embedding and head, one decoder layer of each model, and the hidden states of the evaluation
+tokens. A checkpoint whose shards put the embedding after the decoder layers would make the evaluator hold
+every layer until the end; past `max_pending_bytes` it stops and says so, and the job keeps its other checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+from .int4.packed import cpu_runnable
+from .layers import meta_model
+from .texts import EvalData
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerwiseFigures:
+    """Both models' figures on the job's EvalData, as `verify.Figures` gives them for a loaded model."""
+
+    ppl_source: float
+    ppl_quantized: float
+    logits_rel_err: float
+    top1_agreement: float
+    layers: int
+
+
+class _Captured(Exception):
+    pass
+
+
+class LayerwiseEvaluator:
+    """Feed it (source shard, output shard) pairs in order with `feed`; `result()` once all are fed."""
+
+    def __init__(self, config_dict: dict, data: EvalData, max_pending_bytes: int) -> None:
+        self.skeleton = meta_model(config_dict)
+        self.config = self.skeleton.config
+        self.data = data
+        self.max_pending_bytes = max_pending_bytes
+        self.decoder = self.skeleton.model.layers
+        prefix = next(n for n, m in self.skeleton.named_modules() if m is self.decoder)
+        self.layer_prefix = prefix + "."
+        self.params = dict(self.skeleton.named_parameters(remove_duplicate=False))
+        self.layer_names = [
+            sorted(n for n in self.params if n.startswith(f"{self.layer_prefix}{i}.")) for i in range(len(self.decoder))
+        ]
+        self.outer_names = sorted(n for n in self.params if not n.startswith(self.layer_prefix))
+        self.source: dict[str, torch.Tensor] = {}  # plain tensors read so far, by parameter name
+        self.output: dict[str, torch.Tensor] = {}  # the output's, torchao tensors unflattened
+        self.next_layer = 0
+        self.hidden: dict[str, list[torch.Tensor]] | None = None  # "source"/"output" -> one tensor per input
+        self.kwargs: list[dict] = []
+        self.stopped: str | None = None  # why the evaluator gave up, if it did
+
+    # --- reading shards ---------------------------------------------------------------------------------------
+    def feed(self, source_file: Path, output_file: Path) -> None:
+        if self.stopped:
+            return
+        self._read_source(source_file)
+        self._read_output(output_file)
+        self._advance()
+        pending = sum(t.nbytes for t in self.source.values()) + sum(
+            sum(p.nbytes for p in _plain_parts(t)) for t in self.output.values()
+        )
+        if pending > self.max_pending_bytes:
+            self.stopped = (
+                f"the layer-by-layer perplexity was stopped: the shards hold decoder layers before the embedding, "
+                f"so it would have kept {pending / 1e9:.1f} GB of weights in memory"
+            )
+            self.source.clear()
+            self.output.clear()
+
+    def _wanted(self, name: str) -> bool:
+        if not name.startswith(self.layer_prefix):
+            return name in self.params
+        index = int(name[len(self.layer_prefix) :].split(".", 1)[0])
+        return index >= self.next_layer
+
+    def _read_source(self, path: Path) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - a safetensors file, not a dict
+                if self._wanted(key):
+                    self.source[key] = f.get_tensor(key)
+
+    def _read_output(self, path: Path) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            keys = f.keys()
+            flat = {k: f.get_tensor(k) for k in keys if self._wanted(_param_of(k))}
+        names = sorted({_param_of(k) for k in flat} & set(metadata))
+        restricted = {**{n: metadata[n] for n in names}, "tensor_names": json.dumps(names)}
+        tensors, leftover = unflatten_tensor_state_dict(flat, restricted)
+        self.output.update(tensors)
+        self.output.update(leftover)  # plain tensors written without metadata entries
+
+    # --- running ----------------------------------------------------------------------------------------------
+    def _outer(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The skeleton with its embedding, norm and head set to `weights` (decoder layers stay on meta)."""
+        model = self.skeleton
+        for name in self.outer_names:
+            tensor = weights.get(name)
+            if tensor is None and name in self.source:
+                tensor = self.source[name]
+            if tensor is not None:
+                _assign(model, name, cpu_runnable(tensor))
+        if self.config.tie_word_embeddings:
+            model.tie_weights()
+        rotary = getattr(model.model, "rotary_emb", None)
+        if rotary is not None and any(b.is_meta for b in rotary.buffers()):
+            with torch.device("cpu"):
+                model.model.rotary_emb = type(rotary)(config=self.config)
+        return model
+
+    def _outer_ready(self, weights: dict[str, torch.Tensor]) -> bool:
+        embed = self.skeleton.get_input_embeddings()
+        name = next(n for n, p in self.params.items() if p is embed.weight)
+        return name in weights or name in self.source
+
+    def _capture(self) -> None:
+        model = self._outer(self.source)
+        hidden, self.kwargs = [], []
+
+        def grab(_module, args, kwargs):
+            hidden.append(args[0] if args else kwargs.pop("hidden_states"))
+            kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            kwargs["use_cache"] = False
+            self.kwargs.append(kwargs)
+            raise _Captured
+
+        handle = self.decoder[0].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for ids in self._inputs():
+                    with contextlib.suppress(_Captured):
+                        model.model(ids, use_cache=False)
+        finally:
+            handle.remove()
+        # the output's embedding may differ from the source's (a quantized embedding): embed with each
+        out_embed = self._outer(self.output).get_input_embeddings()
+        with torch.no_grad():
+            out_hidden = [out_embed(ids).to(h.dtype) for ids, h in zip(self._inputs(), hidden, strict=True)]
+        self.hidden = {"source": hidden, "output": out_hidden}
+
+    def _inputs(self) -> list[torch.Tensor]:
+        return [self.data.windows, self.data.batch]
+
+    def _advance(self) -> None:
+        if self.hidden is None:
+            if not self._outer_ready(self.output):
+                return
+            self._capture()
+        while self.next_layer < len(self.decoder):
+            names = self.layer_names[self.next_layer]
+            if not all(n in self.source for n in names) or not all(n in self.output for n in names):
+                return
+            for which, weights in (("source", self.source), ("output", self.output)):
+                layer = self._layer(self.next_layer, {n: weights[n] for n in names})
+                with torch.no_grad():
+                    self.hidden[which] = [
+                        _first(layer(h, **kw)) for h, kw in zip(self.hidden[which], self.kwargs, strict=True)
+                    ]
+                del layer
+            for n in names:
+                self.source.pop(n, None)
+                self.output.pop(n, None)
+            self.next_layer += 1
+
+    def _layer(self, index: int, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+        layer = copy.deepcopy(self.decoder[index])
+        prefix = f"{self.layer_prefix}{index}."
+        for name, tensor in weights.items():
+            _assign(layer, name[len(prefix) :], cpu_runnable(tensor))
+        left = [n for n, p in layer.named_parameters() if p.is_meta]
+        if left:
+            raise ValueError(f"decoder layer {index} has no weights for {left[:3]}")
+        return layer
+
+    def result(self) -> LayerwiseFigures | None:
+        """Both models' figures, or None when the evaluator stopped (see `stopped`)."""
+        if self.stopped:
+            return None
+        if self.hidden is None or self.next_layer < len(self.decoder):
+            self.stopped = (
+                f"the layer-by-layer perplexity reached decoder layer {self.next_layer} of {len(self.decoder)}"
+            )
+            return None
+        figures = {}
+        ids = self.data.windows
+        for which, weights in (("source", self.source), ("output", self.output)):
+            model = self._outer(weights)
+            windows, batch = self.hidden[which]
+            nll = 0.0
+            with torch.no_grad():
+                for hidden, window in zip(windows, ids, strict=True):  # one window's logits at a time
+                    logits = model.lm_head(model.model.norm(hidden.unsqueeze(0))).float()[0]
+                    nll += torch.nn.functional.cross_entropy(logits[:-1], window[1:], reduction="sum").item()
+                logits = model.lm_head(model.model.norm(batch)).float()
+            figures[which] = (math.exp(nll / ids[:, 1:].numel()), logits)
+        (ppl_source, ref), (ppl_quantized, got) = figures["source"], figures["output"]
+        return LayerwiseFigures(
+            ppl_source=ppl_source,
+            ppl_quantized=ppl_quantized,
+            logits_rel_err=float((got - ref).norm() / ref.norm()),
+            top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+            layers=len(self.decoder),
+        )
+
+
+def _param_of(flat_key: str) -> str:
+    """The parameter a flattened tensor belongs to: 'a.b._weight_qdata' -> 'a.b.weight'; plain keys as they are."""
+    module, _, leaf = flat_key.rpartition(".")
+    if leaf.startswith("_") and "_" in leaf[1:]:
+        name = leaf[1:].split("_", 1)[0]
+        return f"{module}.{name}" if module else name
+    return flat_key
+
+
+def _plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    names = getattr(tensor, "tensor_data_names", None)
+    if names:
+        return [getattr(tensor, n) for n in names if getattr(tensor, n, None) is not None]
+    return [tensor]
+
+
+def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    module = root.get_submodule(module_name) if module_name else root
+    setattr(module, leaf, torch.nn.Parameter(tensor, requires_grad=False))
+
+
+def _first(output):
+    return output[0] if isinstance(output, tuple) else output
