@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, snapshot_download
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -241,3 +241,65 @@ def test_a_hub_model_that_does_not_fit_is_streamed_verified_and_pushed(hub, most
     assert result["verify"]["quantized_linear"] == 7 * 8 and "not reloaded" in result["verify"]["checked"]
     card = HfApi(token=ALICE).hf_hub_download("alice/nofit-source-torchao-int8wo", "README.md")
     assert "not reloaded" in Path(card).read_text()
+
+
+def test_a_hub_model_larger_than_memory_goes_up_shard_by_shard_in_one_commit(hub, mostly_layers, capsys, monkeypatch):
+    """Each output shard goes to the Hub's storage as soon as it is written and leaves the disk; one commit at the
+    end; the job's folders never hold more than about two shards of each; a dropped upload is retried."""
+    source = mostly_layers
+    upload_model(HfApi(token=ALICE), "alice/bounded-source", source)
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))
+    hub.state.fail("PUT", r"^/lfs-upload/", 429, times=1, after=1)  # the second shard's upload is refused once
+    before = len(hub.state.requests)
+    argv = ["alice/bounded-source", "alice/bounded", "--quant-type", "int8_dynamic", "--token", ALICE, "--json"]
+    code = main([*argv, "--no-tracking"])  # a type no other test pushes: its shards are new to the Hub's storage
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "shards are uploaded as they are written" in captured.err
+    result = json.loads(captured.out)["results"][0]
+    requests = hub.state.requests[before:]
+    source_shards = sorted(p for p in source.glob("model-*.safetensors"))
+    downloads = [i for i, (m, path) in enumerate(requests) if m == "GET" and "/bounded-source/resolve/" in path]
+    uploads = [i for i, (m, path) in enumerate(requests) if m == "PUT" and path.startswith("/lfs-upload/")]
+    commits = [i for i, (m, path) in enumerate(requests) if m == "POST" and "/alice/bounded/commit/" in path]
+    assert len(uploads) == len(source_shards) + 1  # one per output shard, plus the retried one
+    assert uploads[0] < downloads[-1]  # the first output shard went up before the last source shard came down
+    assert len(commits) == 1 and commits[0] > uploads[-1]
+    assert next(c.title for c in HfApi(token=ALICE).list_repo_commits("alice/bounded")).startswith("Quantize")
+    assert len([c for c in HfApi(token=ALICE).list_repo_commits("alice/bounded") if c.title != "initial commit"]) == 1
+    # the disk bound, from the folder sizes the job reports
+    local = snapshot_download("alice/bounded", token=ALICE)
+    output_shards = [p.stat().st_size for p in Path(local).glob("model-*.safetensors")]
+    side_files = sum(p.stat().st_size for p in source.iterdir() if p.suffix != ".safetensors")
+    shard = max(p.stat().st_size for p in source_shards)
+    assert result["peak_disk_bytes"] <= 2 * shard + 2 * max(output_shards) + side_files
+    assert result["peak_disk_bytes"] < (sum(p.stat().st_size for p in source_shards) + sum(output_shards)) / 2
+    assert result["output_bytes"] == sum(output_shards)
+    # checked although nothing could be loaded whole: both models run one decoder layer at a time
+    verify = result["verify"]
+    assert verify["ppl_source"] and verify["ppl_quantized"] and verify["top1_agreement"] > 0.5
+    assert "run one decoder layer at a time (8 layers)" in verify["checked"]
+    card = (Path(local) / "README.md").read_text()
+    assert "uploaded as it was written, so it was not reloaded" in card and "peak disk" in card
+    model = AutoModelForCausalLM.from_pretrained(local)
+    assert type(model.model.layers[7].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    assert type(model.config.quantization_config.quant_type).__name__ == "Int8DynamicActivationInt8WeightConfig"
+
+
+def test_an_upload_that_fails_half_way_leaves_no_repo_and_no_commit(hub, mostly_layers, capsys, monkeypatch):
+    source = mostly_layers
+    upload_model(HfApi(token=ALICE), "alice/halfway-source", source)
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))
+    hub.state.fail("PUT", r"^/lfs-upload/", 403, times=100, after=2)  # two shards go up, then the Hub refuses
+    before = len(hub.state.requests)
+    argv = ["alice/halfway-source", "alice/halfway", "--quant-type", "float8_weight_only", "--token", ALICE]
+    code = main([*argv, "--json", "--no-tracking"])
+    captured = capsys.readouterr()
+    hub.state.clear_faults()
+    assert code == 1
+    result = json.loads(captured.out)["results"][0]
+    assert result["status"] == "failed" and "(uploading model-0000" in result["error"]
+    requests = hub.state.requests[before:]
+    assert not [path for m, path in requests if m == "POST" and "/alice/halfway/commit/" in path]
+    assert not HfApi(token=ALICE).repo_exists("alice/halfway")
+    assert "was deleted again" in captured.err

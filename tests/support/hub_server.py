@@ -112,6 +112,8 @@ class Fault:
     message: str | None = None
     hits: int = 0
     delay: float = 0.0  # seconds to wait before answering normally (status -1: a slow route, not a failure)
+    after: int = 0  # matching requests answered normally before the fault starts (fail half-way through)
+    seen: int = 0
 
 
 class HubState:
@@ -137,8 +139,9 @@ class HubState:
         times: int = 1,
         error_code: str | None = None,
         message: str | None = None,
+        after: int = 0,
     ) -> Fault:
-        fault = Fault(method.upper(), re.compile(path_regex), status, times, error_code, message)
+        fault = Fault(method.upper(), re.compile(path_regex), status, times, error_code, message, after=after)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -255,14 +258,13 @@ class Handler(BaseHTTPRequestHandler):
         path = unquote(url.path)
         with self.state.lock:
             self.state.requests.append((self.command, path))
-            fault = next(
-                (
-                    f
-                    for f in self.state.faults
-                    if f.method in (self.command, "*") and f.path.search(path) and f.hits < f.times
-                ),
-                None,
-            )
+            fault = None
+            for f in self.state.faults:
+                if f.method in (self.command, "*") and f.path.search(path) and f.hits < f.times:
+                    f.seen += 1
+                    if f.seen > f.after:
+                        fault = f
+                        break
             if fault:
                 fault.hits += 1
         self.answer_lost = bool(fault and fault.status == -2)
