@@ -76,16 +76,32 @@ def retry_settings() -> tuple[int, float]:
     return int(os.environ.get("QUANTIZER_HUB_ATTEMPTS", "4")), float(os.environ.get("QUANTIZER_HUB_BACKOFF", "1.0"))
 
 
+def causes(exc: BaseException) -> list[BaseException]:
+    """The error and the ones it was raised from (huggingface_hub wraps a failed large-file upload in a
+    RuntimeError whose cause is the HTTP error)."""
+    chain: list[BaseException] = []
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__
+    return chain
+
+
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, NETWORK_ERRORS):
-        return True
-    response = getattr(exc, "response", None)
-    return isinstance(exc, HfHubHTTPError) and response is not None and response.status_code in TRANSIENT_STATUS
+    for error in causes(exc):
+        if isinstance(error, NETWORK_ERRORS):
+            return True
+        response = getattr(error, "response", None)
+        if isinstance(error, HfHubHTTPError) and response is not None and response.status_code in TRANSIENT_STATUS:
+            return True
+    return False
 
 
 def status_of(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
+    for error in causes(exc):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is not None:
+            return status
+    return None
 
 
 class Hub:

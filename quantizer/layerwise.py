@@ -10,7 +10,10 @@ called with) come from the model's own forward, stopped at that layer, so no arc
 here. At the end the final norm and the head give both models' perplexity and logits.
 
 Memory: the embedding and head, one decoder layer of each model, and the hidden states of the evaluation
-tokens. A checkpoint whose shards put the embedding after the decoder layers would make the evaluator hold
+tokens. Time: each model's forward over the tokens once; a large model runs fewer perplexity windows
+(`TOKEN_PARAMS_BUDGET`), at least one, and the figures say how many tokens they were measured on.
+
+A checkpoint whose shards put the embedding after the decoder layers would make the evaluator hold
 every layer until the end; past `max_pending_bytes` it stops and says so, and the job keeps its other checks.
 """
 
@@ -29,7 +32,11 @@ from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_s
 
 from .int4.packed import cpu_runnable
 from .layers import meta_model
-from .texts import EvalData
+from .texts import WINDOW, EvalData
+
+# perplexity tokens x model parameters a layer-by-layer run may spend: all 2048 default tokens up to about
+# 2B parameters, a single 256-token window from about 16B (a 70B model's forward over it is still minutes)
+TOKEN_PARAMS_BUDGET = 4e12
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +48,7 @@ class LayerwiseFigures:
     logits_rel_err: float
     top1_agreement: float
     layers: int
+    tokens: int  # perplexity tokens each model ran
 
 
 class _Captured(Exception):
@@ -53,7 +61,9 @@ class LayerwiseEvaluator:
     def __init__(self, config_dict: dict, data: EvalData, max_pending_bytes: int) -> None:
         self.skeleton = meta_model(config_dict)
         self.config = self.skeleton.config
-        self.data = data
+        params = sum(p.numel() for p in self.skeleton.parameters())
+        windows = max(1, min(len(data.windows), int(TOKEN_PARAMS_BUDGET // (params * WINDOW))))
+        self.data = EvalData(data.windows[:windows], data.batch, data.prompt_ids)
         self.max_pending_bytes = max_pending_bytes
         self.decoder = self.skeleton.model.layers
         prefix = next(n for n, m in self.skeleton.named_modules() if m is self.decoder)
@@ -221,6 +231,7 @@ class LayerwiseEvaluator:
             logits_rel_err=float((got - ref).norm() / ref.norm()),
             top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
             layers=len(self.decoder),
+            tokens=self.data.eval_tokens,
         )
 
 

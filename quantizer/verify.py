@@ -250,7 +250,7 @@ def verify_streamed(
     ]
     if layerwise is not None:
         checks.append(
-            f"perplexity, logits and top-1 of the source and of the output on {data.eval_tokens} tokens, run one "
+            f"perplexity, logits and top-1 of the source and of the output on {layerwise.tokens} tokens, run one "
             f"decoder layer at a time ({layerwise.layers} layers) from the shards as they were written"
         )
     elif layerwise_missing:
@@ -271,7 +271,7 @@ def verify_streamed(
             skipped_linear=len(counts.skipped),
             sample="",
             sample_source="",
-            eval_tokens=data.eval_tokens if layerwise else 0,
+            eval_tokens=layerwise.tokens if layerwise else 0,
             checked="; ".join(checks),
             layer_errors=layer_errors,
         )
@@ -287,7 +287,7 @@ def verify_streamed(
         skipped_linear=len(counts.skipped),
         sample=got.sample,
         sample_source="",
-        eval_tokens=data.eval_tokens,
+        eval_tokens=layerwise.tokens if layerwise else data.eval_tokens,
         load_seconds=load_seconds,
         tokens_per_second=got.tokens_per_second,
         checked="; ".join(checks),
