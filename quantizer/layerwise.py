@@ -9,9 +9,10 @@ of the first decoder layer (the embedded tokens, and the position embeddings and
 called with) come from the model's own forward, stopped at that layer, so no architecture is re-implemented
 here. At the end the final norm and the head give both models' perplexity and logits.
 
-Memory: the embedding and head, one decoder layer of each model, and the hidden states of the evaluation
-tokens. Time: each model's forward over the tokens once; a large model runs fewer perplexity windows
-(`TOKEN_PARAMS_BUDGET`), at least one, and the figures say how many tokens they were measured on.
+Memory: the embedding and head (held once when the output passed them through), one decoder layer of
+each model, and the hidden states of the evaluation tokens. Time: each model's forward over the tokens
+once; a large model runs fewer perplexity windows (`TOKEN_PARAMS_BUDGET`), at least one, and the
+figures say how many tokens they were measured on.
 
 A checkpoint whose shards put the embedding after the decoder layers would make the evaluator hold
 every layer until the end; past `max_pending_bytes` it stops and says so, and the job keeps its other checks.
@@ -87,8 +88,8 @@ class LayerwiseEvaluator:
         self._read_source(source_file)
         self._read_output(output_file)
         self._advance()
-        pending = sum(t.nbytes for t in self.source.values()) + sum(
-            sum(p.nbytes for p in _plain_parts(t)) for t in self.output.values()
+        pending = sum(t.nbytes for n, t in self.source.items() if n.startswith(self.layer_prefix)) + sum(
+            sum(p.nbytes for p in _plain_parts(t)) for n, t in self.output.items() if n.startswith(self.layer_prefix)
         )
         if pending > self.max_pending_bytes:
             self.stopped = (
@@ -118,8 +119,10 @@ class LayerwiseEvaluator:
         names = sorted({_param_of(k) for k in flat} & set(metadata))
         restricted = {**{n: metadata[n] for n in names}, "tensor_names": json.dumps(names)}
         tensors, leftover = unflatten_tensor_state_dict(flat, restricted)
-        self.output.update(tensors)
-        self.output.update(leftover)  # plain tensors written without metadata entries
+        for name, tensor in {**tensors, **leftover}.items():  # leftover: plain tensors without metadata entries
+            same = self.source.get(name)
+            passed_through = same is not None and type(tensor) is torch.Tensor and torch.equal(tensor, same)
+            self.output[name] = same if passed_through else tensor  # one copy of what was passed through
 
     # --- running ----------------------------------------------------------------------------------------------
     def _outer(self, weights: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -179,7 +179,11 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         streaming_shard=info.largest_weight_file if streaming else None,
         upload_as_it_goes=upload_as_it_goes,
     )
-    events.log(resources.describe(needs) + ("; shards are uploaded as they are written" if upload_as_it_goes else ""))
+    events.log(
+        f"{info.weight_bytes / 1e9:.2f} GB of weights: "
+        + resources.describe(needs)
+        + ("; shards are uploaded as they are written" if upload_as_it_goes else "")
+    )
     resources.check(needs)
     return Plan(
         hardware=hardware,

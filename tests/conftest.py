@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 
-from tests.support.hub_server import HubServer
+from loopback.hub import HubServer
 
 HUB = HubServer().start()
 os.environ.update(

@@ -67,6 +67,9 @@ def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
     assert len(updates[0][1].splitlines()) < len(log.splitlines())  # the log grew while the job ran
     assert status.startswith("✅ done") and f"{hub.endpoint}/alice/ui-int8" in status
     assert "▶ quantizing with Int8WeightOnlyConfig" in log and "pushed" in log
+    # before any work the visitor sees the model's size, what the job needs and what this machine has
+    checked = re.search(r"GB of weights: this job needs about [\d.]+ GB of memory \([\d.]+ GB available\)", log)
+    assert checked and log.index(checked[0]) < log.index("▶ quantizing")
     assert results["data"][0][2] == f"[alice/ui-int8]({hub.endpoint}/alice/ui-int8)"
     assert "**Prompt:**" in samples
     assert ALICE not in json.dumps(updates, ensure_ascii=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,17 @@ def test_an_upload_that_fails_half_way_leaves_no_repo_and_no_commit(hub, mostly_
     assert not [path for m, path in requests if m == "POST" and "/alice/halfway/commit/" in path]
     assert not HfApi(token=ALICE).repo_exists("alice/halfway")
     assert "was deleted again" in captured.err
+
+
+def test_a_job_that_does_not_fit_even_shard_by_shard_is_refused_with_numbers(hub, mostly_layers, capsys, monkeypatch):
+    upload_model(HfApi(token=ALICE), "alice/too-big-source", mostly_layers)
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(100_000_000))  # below two shards plus the runtime
+    before = len(hub.state.requests)
+    code = main(["alice/too-big-source", "alice/too-big", "--token", ALICE, "--no-tracking"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(r"the job does not fit this machine: it needs about [\d.]+ GB of memory but 0\.10 GB", err)
+    assert re.search(r"GB of weights: this job needs about [\d.]+ GB of memory \(0\.10 GB available\)", err)
+    requests = hub.state.requests[before:]
+    assert not [p for m, p in requests if m == "GET" and p.endswith(".safetensors")]  # no weights downloaded
+    assert not HfApi(token=ALICE).repo_exists("alice/too-big")

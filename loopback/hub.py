@@ -1,9 +1,11 @@
-"""A small Hub-compatible HTTP server for tests, on loopback (see shared/docs/hub-protocol.md).
+"""A small Hub-compatible HTTP server for tests and benchmarks, on loopback (see shared/docs/hub-protocol.md).
 
 It stores bytes honestly (what is uploaded is what is downloaded), keeps every commit, enforces
 tokens, private and gated repos and write permissions the way the Hub does, and can be told to
 fail a chosen route (401, 403 gated, 404, 429, 500, or a dropped connection) a number of times.
 It imports nothing from huggingface_hub, so it can start before the client reads HF_ENDPOINT.
+Large files live in memory, or, given a `storage` folder, on disk (memory-mapped), so a benchmark can
+serve a model larger than the machine's memory.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import mmap
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
@@ -50,12 +54,15 @@ def git_blob_sha1(data: bytes) -> str:
 
 @dataclass
 class StoredFile:
-    data: bytes
+    data: bytes | mmap.mmap
     lfs: bool
+    oid: str | None = None  # the sha256, when known (large files are not hashed again on every request)
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        if self.oid is None:
+            self.oid = hashlib.sha256(self.data).hexdigest()
+        return self.oid
 
     @property
     def pointer(self) -> bytes:
@@ -489,8 +496,9 @@ class Handler(BaseHTTPRequestHandler):
     def lfs_put(self, oid: str, body: bytes) -> None:
         if hashlib.sha256(body).hexdigest() != oid:
             raise HubError(400, None, "sha256 mismatch")
+        stored = self.server.keep(oid, body)
         with self.state.lock:
-            self.state.lfs[oid] = body
+            self.state.lfs[oid] = stored
         self.send(200, {})
 
     def commit(self, repo_type: str, repo_id: str, revision: str, body: bytes) -> None:
@@ -510,7 +518,7 @@ class Handler(BaseHTTPRequestHandler):
                     data = self.state.lfs.get(value["oid"])
                     if data is None:
                         raise HubError(422, None, f"LFS object {value['oid']} was never uploaded")
-                    files[value["path"]] = StoredFile(data, lfs=True)
+                    files[value["path"]] = StoredFile(data, lfs=True, oid=value["oid"])
                 elif key == "deletedFile":
                     files.pop(value["path"], None)
                 elif key == "deletedFolder":
@@ -611,12 +619,48 @@ class HubServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, lfs_threshold: int = 10 * 1024 * 1024):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        lfs_threshold: int = 10 * 1024 * 1024,
+        storage: Path | None = None,
+    ):
         super().__init__((host, port), Handler)
         self.state = HubState()
         self.lfs_threshold = lfs_threshold
+        self.storage = storage  # large files go here (memory-mapped) instead of memory
         self.endpoint = f"http://{host}:{self.server_address[1]}"
         self._thread: threading.Thread | None = None
+
+    def keep(self, oid: str, body: bytes) -> bytes | mmap.mmap:
+        """Where an uploaded large file is kept: in memory, or in the storage folder."""
+        if self.storage is None:
+            return body
+        path = self.storage / oid
+        path.write_bytes(body)
+        return _mapped(path)
+
+    def store(self, path: Path) -> StoredFile:
+        """Take a file from this machine's disk as a stored large file (moved into the storage folder, not read
+        into memory): how a benchmark puts a model larger than memory on this Hub."""
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        oid = digest.hexdigest()
+        target = (self.storage or path.parent) / oid
+        path.rename(target)
+        mapped = _mapped(target)
+        with self.state.lock:
+            self.state.lfs[oid] = mapped
+        return StoredFile(mapped, lfs=True, oid=oid)
+
+    def commit_files(self, repo_id: str, owner: str, files: dict[str, StoredFile], title: str = "add model") -> None:
+        """Create a model repo holding `files` in one commit (a benchmark's source, set up without HTTP)."""
+        repo = self.state.create_repo(repo_id, author=owner)
+        with self.state.lock:
+            repo.commits.append(Commit(self.state.new_oid(), title, "", owner, {**repo.head.files, **files}))
 
     def start(self) -> HubServer:
         self._thread = threading.Thread(target=self.serve_forever, name="loopback-hub", daemon=True)
@@ -626,3 +670,8 @@ class HubServer(ThreadingHTTPServer):
     def stop(self) -> None:
         self.shutdown()
         self.server_close()
+
+
+def _mapped(path: Path) -> mmap.mmap:
+    with open(path, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
