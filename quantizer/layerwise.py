@@ -38,6 +38,7 @@ from .texts import WINDOW, EvalData
 # perplexity tokens x model parameters a layer-by-layer run may spend: all 2048 default tokens up to about
 # 2B parameters, a single 256-token window from about 16B (a 70B model's forward over it is still minutes)
 TOKEN_PARAMS_BUDGET = 4e12
+LOGITS_CHUNK = 64  # positions whose vocabulary-wide logits are held at once
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,27 +216,38 @@ class LayerwiseEvaluator:
                 f"the layer-by-layer perplexity reached decoder layer {self.next_layer} of {len(self.decoder)}"
             )
             return None
-        figures = {}
         ids = self.data.windows
-        for which, weights in (("source", self.source), ("output", self.output)):
-            model = self._outer(weights)
-            windows, batch = self.hidden[which]
-            nll = 0.0
-            with torch.no_grad():
-                for hidden, window in zip(windows, ids, strict=True):  # one window's logits at a time
-                    logits = model.lm_head(model.model.norm(hidden.unsqueeze(0))).float()[0]
-                    nll += torch.nn.functional.cross_entropy(logits[:-1], window[1:], reduction="sum").item()
-                logits = model.lm_head(model.model.norm(batch)).float()
-            figures[which] = (math.exp(nll / ids[:, 1:].numel()), logits)
-        (ppl_source, ref), (ppl_quantized, got) = figures["source"], figures["output"]
+        nll = {"source": 0.0, "output": 0.0}
+        diff, norm, agree, count = 0.0, 0.0, 0, 0
+        with torch.no_grad():
+            for which, weights in (("source", self.source), ("output", self.output)):
+                model = self._outer(weights)
+                for hidden, window in zip(self.hidden[which][0], ids, strict=True):
+                    for start in range(0, len(window) - 1, LOGITS_CHUNK):  # a vocabulary-wide row costs memory
+                        h = hidden[start : min(start + LOGITS_CHUNK, len(window) - 1)]
+                        logits = model.lm_head(model.model.norm(h.unsqueeze(0))).float()[0]
+                        targets = window[start + 1 : start + 1 + len(h)]
+                        nll[which] += torch.nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+            for row in range(self.data.batch.shape[0]):  # the logits batch, one row of both models at a time
+                ref = self._logits(self.source, self.hidden["source"][1][row])
+                got = self._logits(self.output, self.hidden["output"][1][row])
+                diff += (got - ref).pow(2).sum().item()
+                norm += ref.pow(2).sum().item()
+                agree += int((got.argmax(-1) == ref.argmax(-1)).sum())
+                count += ref.shape[0]
+        predicted = ids[:, 1:].numel()
         return LayerwiseFigures(
-            ppl_source=ppl_source,
-            ppl_quantized=ppl_quantized,
-            logits_rel_err=float((got - ref).norm() / ref.norm()),
-            top1_agreement=float((got.argmax(-1) == ref.argmax(-1)).float().mean()),
+            ppl_source=math.exp(nll["source"] / predicted),
+            ppl_quantized=math.exp(nll["output"] / predicted),
+            logits_rel_err=math.sqrt(diff / norm),
+            top1_agreement=agree / count,
             layers=len(self.decoder),
             tokens=self.data.eval_tokens,
         )
+
+    def _logits(self, weights: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        model = self._outer(weights)
+        return model.lm_head(model.model.norm(hidden.unsqueeze(0))).float()[0]
 
 
 def _param_of(flat_key: str) -> str:

@@ -66,6 +66,7 @@ class Plan:
     source_fits: bool = True  # the source can be loaded as a whole (for the reference pass)
     private: bool = False  # the targets are created private
     upload_as_it_goes: bool = False  # streamed shards are uploaded and deleted as they are written
+    layerwise: bool = False  # streamed: both models also run one decoder layer at a time (when memory allows)
 
     def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
@@ -169,6 +170,18 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         events.log(why)
     check_targets_free(spec, hub, targets)
     upload_as_it_goes = streaming and spec.push and spec.local_dir is None
+    layerwise_bytes, layerwise = 0, False
+    if streaming:
+        shard = info.largest_weight_file
+        layerwise_bytes = resources.layerwise_memory(shard, info.config, spec.eval_tokens)
+        layerwise = resources.streaming_memory(shard) + layerwise_bytes <= available_memory_bytes()
+        if not layerwise:
+            note = (
+                f"the layer-by-layer check of both models would need about {layerwise_bytes / 1e9:.2f} GB more "
+                "memory than this machine has: verification is the sampled layers' output error"
+            )
+            notes.append(note)
+            events.warn(note)
     needs = resources.estimate(
         info.weight_bytes,
         len(recipes),
@@ -178,6 +191,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         output_dir=spec.local_dir,
         streaming_shard=info.largest_weight_file if streaming else None,
         upload_as_it_goes=upload_as_it_goes,
+        layerwise_bytes=layerwise_bytes if layerwise else 0,
     )
     events.log(
         f"{info.weight_bytes / 1e9:.2f} GB of weights: "
@@ -199,6 +213,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         source_fits=source_fits,
         private=private,
         upload_as_it_goes=upload_as_it_goes,
+        layerwise=layerwise,
     )
 
 
@@ -399,7 +414,7 @@ class RecipeJob:
             )
             return counts, verify_output(staging, plan.hardware, m.data, m.reference, events, recipe.name)
         evaluator = None
-        if m.reference is None or plan.upload_as_it_goes:  # the source, or the output, cannot be loaded later
+        if plan.layerwise and (m.reference is None or plan.upload_as_it_goes):  # nothing can be loaded whole later
             evaluator = LayerwiseEvaluator(plan.info.config, m.data, layerwise_memory_budget())
         if plan.upload_as_it_goes:
             self.upload = self.publisher.open_upload(recipe, plan.targets[recipe.name])
@@ -425,7 +440,11 @@ class RecipeJob:
             no_reload_because,
             streamed.counts,
             layerwise=evaluator.result() if evaluator else None,
-            layerwise_missing=evaluator.stopped if evaluator else None,
+            layerwise_missing=evaluator.stopped
+            if evaluator
+            else None
+            if plan.layerwise
+            else "the layer-by-layer check of both models did not fit in memory",
         )
         return streamed.counts, verified
 

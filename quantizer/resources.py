@@ -28,6 +28,21 @@ def memory_for_whole_model(weight_bytes: int) -> int:
     return int(weight_bytes * MEMORY_FACTOR) + RUNTIME_BYTES
 
 
+def streaming_memory(largest_shard: int) -> int:
+    """What the streaming engine holds: about two source shards' tensors, plus the framework."""
+    return 2 * largest_shard + RUNTIME_BYTES
+
+
+def layerwise_memory(largest_shard: int, config: dict, tokens: int) -> int:
+    """What the layer-by-layer check adds to streaming: the source shard and the output shard it reads (the
+    output at most OUTPUT_SHARE of the source), the embedding and head (bf16, once when tied), and the hidden
+    states and per-window logits of both models (float32, with room for the layer's temporaries)."""
+    hidden, vocab = int(config.get("hidden_size") or 0), int(config.get("vocab_size") or 0)
+    outer = vocab * hidden * 2 * (1 if config.get("tie_word_embeddings", True) else 2)
+    activations = 8 * tokens * hidden * 4 + 4 * 64 * vocab * 4  # logits: 64 positions of both models at a time
+    return int(largest_shard * (1 + OUTPUT_SHARE)) + outer + activations
+
+
 def fits_in_memory(weight_bytes: int) -> bool:
     return memory_for_whole_model(weight_bytes) <= available_memory_bytes()
 
@@ -41,16 +56,18 @@ def estimate(
     output_dir: Path | None,
     streaming_shard: int | None = None,
     upload_as_it_goes: bool = False,
+    layerwise_bytes: int = 0,
 ) -> list[Need]:
     """The disk and memory a job needs, by place. With `streaming_shard` (the largest source shard's bytes)
     memory holds about one shard's tensors at a time and the download one shard; with `upload_as_it_goes`
-    each output shard leaves the disk once uploaded, so the staged output is bounded by two shards too."""
+    each output shard leaves the disk once uploaded, so the staged output is bounded by two shards too;
+    `layerwise_bytes` is the layer-by-layer check's memory when the job runs it."""
     output = int(weight_bytes * OUTPUT_SHARE)
     if streaming_shard is None:
         needs = [Need("memory", None, memory_for_whole_model(weight_bytes))]
         download_bytes = weight_bytes
     else:
-        needs = [Need("memory", None, 2 * streaming_shard + RUNTIME_BYTES)]
+        needs = [Need("memory", None, streaming_memory(streaming_shard) + layerwise_bytes)]
         download_bytes = streaming_shard
         if upload_as_it_goes:
             output = 2 * int(streaming_shard * OUTPUT_SHARE)

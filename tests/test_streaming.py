@@ -107,13 +107,8 @@ def test_a_model_larger_than_the_memory_limit_streams_automatically(sharded, tmp
     assert code == 0, captured.err
     assert "streaming engine: one shard at a time" in captured.err
     verify = json.loads(captured.out)["results"][0]["verify"]
-    # the source was never loaded whole: both models ran one decoder layer at a time, and agree with a whole load
-    source_figures, output_figures = whole_model_figures(source), whole_model_figures(tmp_path / "big")
-    assert verify["ppl_source"] == pytest.approx(source_figures.ppl, rel=1e-5)
-    assert verify["ppl_quantized"] == pytest.approx(output_figures.ppl, rel=1e-5)
-    got, ref = output_figures.logits, source_figures.logits
-    assert verify["logits_rel_err"] == pytest.approx(float((got - ref).norm() / ref.norm()), rel=1e-4)
-    assert "run one decoder layer at a time (2 layers)" in verify["checked"]
+    assert verify["ppl_source"] is None and verify["logits_rel_err"] is None  # the source was never loaded whole
+    assert "the layer-by-layer check of both models did not fit in memory" in verify["checked"]
     assert "output error of 8 Linear layers" in verify["checked"] and len(verify["layer_errors"]) == 8
     assert "Checked: output error of 8 Linear layers" in (tmp_path / "big" / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "big")
@@ -189,6 +184,26 @@ def mostly_layers(tiny_model, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def deep_layers(tiny_model, tmp_path_factory) -> Path:
+    """Like `mostly_layers` with 24 layers: large enough that streaming plus the layer-by-layer check fit in
+    memory where the whole model does not (the framework's own 0.6 GB dwarfs a smaller one)."""
+    folder = tmp_path_factory.mktemp("deep-layers")
+    shape = TinyShape(hidden=64, intermediate=8192, layers=24)
+    AutoModelForCausalLM.from_pretrained(tiny_model(shape)).save_pretrained(folder, max_shard_size="4MB")
+    copy_side_files(tiny_model(shape), folder)
+    return folder
+
+
+def layerwise_limit(source: Path) -> int:
+    """A QUANTIZER_MEMORY_LIMIT under which streaming and the layer-by-layer check fit, the source does not."""
+    shard = max(p.stat().st_size for p in source.glob("*.safetensors"))
+    config = json.loads((source / "config.json").read_text())
+    limit = resources.streaming_memory(shard) + resources.layerwise_memory(shard, config, 2048) + 1
+    assert resources.memory_for_whole_model(sum(p.stat().st_size for p in source.glob("*.safetensors"))) > limit
+    return limit
+
+
 def no_fit_limit(source: Path) -> int:
     """A QUANTIZER_MEMORY_LIMIT under which the streaming engine fits (two shards at a time) but neither the
     source nor any output (at least its bf16 embeddings plus a quarter of the rest) can be loaded whole."""
@@ -220,8 +235,8 @@ def test_a_model_whose_output_does_not_fit_either_succeeds_with_every_cpu_type(
     for result in results:
         verify = result["verify"]
         assert result["status"] == "ok", result["error"]
-        assert verify["reload_ok"] is False  # too large to reload here, but run one decoder layer at a time:
-        assert verify["ppl_source"] == results[0]["verify"]["ppl_source"] and abs(verify["ppl_delta_pct"]) < 50
+        assert verify["reload_ok"] is False and verify["ppl_quantized"] is None  # too large to reload here
+        assert "the layer-by-layer check of both models did not fit in memory" in verify["checked"]
         assert verify["quantized_linear"] == 7 * 8 and verify["skipped_linear"] == 1  # counted while streaming
         assert "not reloaded" in verify["checked"] and len(verify["layer_errors"]) == 8
         out = Path(result["output_dir"])
@@ -244,12 +259,12 @@ def test_a_hub_model_that_does_not_fit_is_streamed_verified_and_pushed(hub, most
     assert "not reloaded" in Path(card).read_text()
 
 
-def test_a_hub_model_larger_than_memory_goes_up_shard_by_shard_in_one_commit(hub, mostly_layers, capsys, monkeypatch):
+def test_a_hub_model_larger_than_memory_goes_up_shard_by_shard_in_one_commit(hub, deep_layers, capsys, monkeypatch):
     """Each output shard goes to the Hub's storage as soon as it is written and leaves the disk; one commit at the
     end; the job's folders never hold more than about two shards of each; a dropped upload is retried."""
-    source = mostly_layers
+    source = deep_layers
     upload_model(HfApi(token=ALICE), "alice/bounded-source", source)
-    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(layerwise_limit(source)))
     refused = hub.state.fail("PUT", r"^/lfs-upload/", 429, times=1, after=1)  # the second upload is refused once
     before = len(hub.state.requests)
     argv = ["alice/bounded-source", "alice/bounded", "--quant-type", "int8_dynamic", "--token", ALICE, "--json"]
@@ -278,12 +293,17 @@ def test_a_hub_model_larger_than_memory_goes_up_shard_by_shard_in_one_commit(hub
     assert result["output_bytes"] == sum(output_shards)
     # checked although nothing could be loaded whole: both models run one decoder layer at a time
     verify = result["verify"]
-    assert verify["ppl_source"] and verify["ppl_quantized"] and verify["top1_agreement"] > 0.5
-    assert "run one decoder layer at a time (8 layers)" in verify["checked"]
+    assert "run one decoder layer at a time (24 layers)" in verify["checked"]
+    source_figures, output_figures = whole_model_figures(source), whole_model_figures(Path(local))
+    assert verify["ppl_source"] == pytest.approx(source_figures.ppl, rel=1e-5)  # what a whole load gives
+    assert verify["ppl_quantized"] == pytest.approx(output_figures.ppl, rel=1e-5)
+    got, ref = output_figures.logits, source_figures.logits
+    assert verify["logits_rel_err"] == pytest.approx(float((got - ref).norm() / ref.norm()), rel=1e-3)
+    assert verify["top1_agreement"] == pytest.approx(float((got.argmax(-1) == ref.argmax(-1)).float().mean()))
     card = (Path(local) / "README.md").read_text()
     assert "uploaded as it was written, so it was not reloaded" in card and "peak disk" in card
     model = AutoModelForCausalLM.from_pretrained(local)
-    assert type(model.model.layers[7].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    assert type(model.model.layers[23].mlp.down_proj.weight).__name__ == "Int8Tensor"
     assert type(model.config.quantization_config.quant_type).__name__ == "Int8DynamicActivationInt8WeightConfig"
 
 
