@@ -101,6 +101,7 @@ def render(
         sample_tokens=SAMPLE_TOKENS,
         peak_rss=human_bytes(result.peak_rss_bytes),
         peak_gpu=human_bytes(result.peak_gpu_bytes) if result.peak_gpu_bytes is not None else None,
+        quantized_share=f"{result.quantized_share:.1%}" if result.quantized_share is not None else "-",
         peak_disk=human_bytes(result.peak_disk_bytes) if result.peak_disk_bytes is not None else None,
         sample_prompt=SAMPLE_PROMPT,
         sample_source=v.sample_source,

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="quantize shard by shard with bounded memory (default: when the model does not fit in memory)",
     )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="go on when less than half of the Linear-like weights can be quantized (a mixture-of-experts "
+        "model's 3-D expert weights stay in the source dtype)",
+    )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument(
@@ -171,6 +177,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         calibration_text=args.calibration_text,
         calibration_tokens=args.calibration_tokens,
         streaming=args.streaming,
+        allow_partial=args.allow_partial,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
         deadline_seconds=host_deadline_seconds(),

@@ -6,6 +6,7 @@ none of them.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,30 @@ def planned_skipped_linears(config_dict: dict) -> tuple[str, ...]:
     model = meta_model(config_dict)
     planned = quantizable_linears(model)
     return tuple(n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in planned)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeightShare:
+    """How much of a model's Linear-like weights (nn.Linear weights and 3-D weights such as the experts of a
+    mixture-of-experts model, less the output embedding, which is always kept) the job quantizes."""
+
+    quantized: int  # elements, in the Linear layers the job quantizes
+    total: int
+    left: tuple[str, ...]  # the weights left out, one name per kind ("model.layers.*.mlp.experts.down_proj")
+
+    @property
+    def fraction(self) -> float:
+        return self.quantized / self.total if self.total else 1.0
+
+
+def planned_share(config_dict: dict) -> WeightShare:
+    """The share of Linear-like weights a job will quantize, found from config.json on the meta device."""
+    model = meta_model(config_dict)
+    planned = quantizable_linears(model)
+    quantized = sum(m.weight.numel() for m in planned.values())
+    others = {n: p for n, p in model.named_parameters() if p.dim() >= 3}  # weights outside nn.Linear (experts)
+    left = tuple(dict.fromkeys(re.sub(r"\.\d+\.", ".*.", n) for n in others))
+    return WeightShare(quantized=quantized, total=quantized + sum(p.numel() for p in others.values()), left=left)
 
 
 def count_linear_layers(model: torch.nn.Module) -> LayerCount:

@@ -25,7 +25,7 @@ from .events import Event, EventStream
 from .hardware import Hardware, PeakGPU, PeakRSS, available_memory_bytes, detect, folder_bytes
 from .hub import AuthError, Hub, Identity, Upload
 from .int4 import Int4Choice, Int4Method
-from .layers import LayerCount, planned_linear_layers
+from .layers import LayerCount, WeightShare, planned_linear_layers, planned_share
 from .layerwise import LayerwiseEvaluator
 from .naming import split_repo_id, target_for
 from .publish import Publisher
@@ -67,6 +67,7 @@ class Plan:
     private: bool = False  # the targets are created private
     upload_as_it_goes: bool = False  # streamed shards are uploaded and deleted as they are written
     layerwise: bool = False  # streamed: both models also run one decoder layer at a time (when memory allows)
+    share: WeightShare | None = None  # of the Linear-like weights, quantized by every type of this job
 
     def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
@@ -136,6 +137,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             f"{info.ref} has {human_bytes(info.weight_bytes)} of weights; this Space takes sources up to "
             f"{human_bytes(spec.max_source_bytes)}: duplicate the Space onto larger hardware, or use the CLI."
         )
+    share = check_share(info, spec.allow_partial, events)
     private = spec.private if spec.private is not None else (info.private or info.gated)
     if spec.push:
         targets = push_targets(spec, identity, info, recipes)
@@ -214,7 +216,31 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         private=private,
         upload_as_it_goes=upload_as_it_goes,
         layerwise=layerwise,
+        share=share,
     )
+
+
+# below this share of its Linear-like weights quantized, a job is not called done unless asked for
+MIN_QUANTIZED_SHARE = 0.5
+
+
+def check_share(info: SourceInfo, allow_partial: bool, events: EventStream) -> WeightShare:
+    """Refuse, before loading, a model of which these types would quantize less than half (a mixture of
+    experts whose experts are 3-D weights), unless the user asks for it; say the share either way."""
+    share = planned_share(info.config)
+    if share.left:
+        what = (
+            f"{share.fraction:.0%} of {info.ref}'s Linear-like weights are in nn.Linear layers that can be "
+            f"quantized; {', '.join(share.left)} are 3-D weights (a mixture of experts' experts) that stay in the "
+            "source dtype: quantizing experts is not supported yet"
+        )
+        if share.fraction < MIN_QUANTIZED_SHARE and not allow_partial:
+            raise InputError(
+                f"{what}. The output would be mostly unquantized; to quantize the rest anyway, use the command "
+                "line with --allow-partial."
+            )
+        events.warn(what)
+    return share
 
 
 def check_streamable(info: SourceInfo) -> None:
@@ -399,6 +425,7 @@ class RecipeJob:
             source_bytes=plan.info.weight_bytes,
             notes=list(plan.notes) if int4_choice else [],
             int4_method=int4_choice.label if int4_choice else None,
+            quantized_share=plan.share.fraction if plan.share else None,
         )
         if int4_choice:
             result.notes.extend(int4_choice.notes())

@@ -55,6 +55,7 @@ class RecipeResult:
     peak_rss_bytes: int | None = None
     peak_gpu_bytes: int | None = None  # CUDA memory allocated at the peak, for a job on a GPU
     peak_disk_bytes: int | None = None  # the job's folders at their fullest, for a streamed job
+    quantized_share: float | None = None  # of the Linear-like weights (layers.WeightShare), by elements
     verify: VerifyResult | None = None
     notes: list[str] = field(default_factory=list)
 

@@ -40,6 +40,7 @@ class JobSpec:
     calibration_text: Path | None = None  # for calibrated methods; default: the half of pydoc topics not evaluated
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
+    allow_partial: bool = False  # go on when less than half of the Linear-like weights can be quantized
     track: bool = True  # record each type as a Trackio run
     trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
     # a shared deployment (a public Space) serving visitors: Hub sources only, a signed-in visitor for every job
