@@ -20,7 +20,6 @@ every layer until the end; past `max_pending_bytes` it stops and says so, and th
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -31,6 +30,7 @@ import torch
 from safetensors import safe_open
 from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
+from .int4.gptq import capture_layer_inputs, first
 from .int4.packed import cpu_runnable
 from .layers import meta_model
 from .texts import WINDOW, EvalData
@@ -51,10 +51,6 @@ class LayerwiseFigures:
     top1_agreement: float
     layers: int
     tokens: int  # perplexity tokens each model ran
-
-
-class _Captured(Exception):
-    pass
 
 
 class LayerwiseEvaluator:
@@ -151,22 +147,10 @@ class LayerwiseEvaluator:
     def _capture(self) -> None:
         model = self._outer(self.source)
         hidden, self.kwargs = [], []
-
-        def grab(_module, args, kwargs):
-            hidden.append(args[0] if args else kwargs.pop("hidden_states"))
-            kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-            kwargs["use_cache"] = False
-            self.kwargs.append(kwargs)
-            raise _Captured
-
-        handle = self.decoder[0].register_forward_pre_hook(grab, with_kwargs=True)
-        try:
-            with torch.no_grad():
-                for ids in self._inputs():
-                    with contextlib.suppress(_Captured):
-                        model.model(ids, use_cache=False)
-        finally:
-            handle.remove()
+        for ids in self._inputs():  # one input at a time: the windows and the batch differ in length
+            captured, kwargs_by_size = capture_layer_inputs(model, ids, batch=ids.shape[0])
+            hidden += captured
+            self.kwargs.append(kwargs_by_size[ids.shape[0]])
         # the output's embedding may differ from the source's (a quantized embedding): embed with each
         out_embed = self._outer(self.output).get_input_embeddings()
         with torch.no_grad():
@@ -189,7 +173,7 @@ class LayerwiseEvaluator:
                 layer = self._layer(self.next_layer, {n: weights[n] for n in names})
                 with torch.no_grad():
                     self.hidden[which] = [
-                        _first(layer(h, **kw)) for h, kw in zip(self.hidden[which], self.kwargs, strict=True)
+                        first(layer(h, **kw)) for h, kw in zip(self.hidden[which], self.kwargs, strict=True)
                     ]
                 del layer
             for n in names:
@@ -270,7 +254,3 @@ def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = root.get_submodule(module_name) if module_name else root
     setattr(module, leaf, torch.nn.Parameter(tensor, requires_grad=False))
-
-
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
