@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from torchao.core.config import AOBaseConfig
 from transformers import AutoModelForCausalLM, TorchAoConfig
 from transformers.quantizers.auto import AutoHfQuantizer
 
+from . import experts
 from .errors import QuantizationError
 from .events import EventStream
 from .hardware import Hardware
@@ -66,10 +68,12 @@ def quantize_and_save(
     events: EventStream,
     quant_type: str,
     int4: Int4Choice | None = None,
+    experts_forward: str | None = None,
 ) -> LayerCount:
-    """Quantize the source and save safetensors with save_pretrained."""
+    """Quantize the source and save safetensors with save_pretrained; `experts_forward` is the experts forward
+    stock transformers must use to run quantized expert weights (written to config.json)."""
     custom = made_here(int4, hardware.device)
-    how = f"{custom.label} int4" if custom else type(torchao_config).__name__
+    how = f"{custom.label} int4" if custom else experts.config_name(torchao_config)
     with events.stage("quantize", f"quantizing with {how}", quant_type=quant_type):
         try:
             notes: tuple[str, ...] = ()
@@ -93,5 +97,6 @@ def quantize_and_save(
         finally:
             del model
             gc.collect()
+        experts.write_forward(output_dir, experts_forward)
         copy_side_files(source_dir, output_dir)
-    return LayerCount(quantized=counts.quantized, skipped=counts.skipped, notes=notes)
+    return replace(counts, notes=notes)

@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torchao.core.config import AOBaseConfig
 
-from . import int4, resources
+from . import coverage, int4, resources
 from . import recipes as recipe_registry
 from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
 from .events import Event, EventStream
+from .experts import covering, planned_expert_weights
 from .hardware import Hardware, PeakGPU, PeakRSS, available_memory_bytes, detect, folder_bytes
 from .hub import AuthError, Hub, Identity, Upload
 from .int4 import Int4Choice, Int4Method
-from .layers import LayerCount, WeightShare, planned_linear_layers, planned_share
+from .layers import LayerCount, WeightShare, planned_linear_layers
 from .layerwise import LayerwiseEvaluator
 from .naming import split_repo_id, target_for
 from .publish import Publisher
@@ -67,7 +68,12 @@ class Plan:
     private: bool = False  # the targets are created private
     upload_as_it_goes: bool = False  # streamed shards are uploaded and deleted as they are written
     layerwise: bool = False  # streamed: both models also run one decoder layer at a time (when memory allows)
-    share: WeightShare | None = None  # of the Linear-like weights, quantized by every type of this job
+    shares: dict[str, WeightShare] = field(default_factory=dict)  # quant type -> its planned share of the weights
+    has_experts: bool = False  # a mixture of experts with 3-D expert weights
+    allow_partial: bool = False  # keep an output with less than half of its Linear-like weights quantized
+
+    def quantizes_experts(self, recipe: Recipe) -> bool:
+        return self.has_experts and recipe.experts_reason(self.hardware) is None
 
     def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
@@ -137,7 +143,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             f"{info.ref} has {human_bytes(info.weight_bytes)} of weights; this Space takes sources up to "
             f"{human_bytes(spec.max_source_bytes)}: duplicate the Space onto larger hardware, or use the CLI."
         )
-    share = check_share(info, spec.allow_partial, events)
+    shares = {r.name: coverage.planned(info, r, hardware, spec.allow_partial, events) for r in recipes}
     private = spec.private if spec.private is not None else (info.private or info.gated)
     if spec.push:
         targets = push_targets(spec, identity, info, recipes)
@@ -159,6 +165,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
     streaming = spec.streaming if spec.streaming is not None else not source_fits
     if streaming:
         check_streamable(info)
+        coverage.check_streaming(info, recipes, hardware)
         events.log(
             f"streaming engine: one shard at a time ({info.weight_bytes / 1e9:.2f} GB of weights"
             f"{'' if source_fits else ', more than this machine can load at once'})"
@@ -216,31 +223,10 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         private=private,
         upload_as_it_goes=upload_as_it_goes,
         layerwise=layerwise,
-        share=share,
+        shares=shares,
+        has_experts=bool(planned_expert_weights(info.config)),
+        allow_partial=spec.allow_partial,
     )
-
-
-# below this share of its Linear-like weights quantized, a job is not called done unless asked for
-MIN_QUANTIZED_SHARE = 0.5
-
-
-def check_share(info: SourceInfo, allow_partial: bool, events: EventStream) -> WeightShare:
-    """Refuse, before loading, a model of which these types would quantize less than half (a mixture of
-    experts whose experts are 3-D weights), unless the user asks for it; say the share either way."""
-    share = planned_share(info.config)
-    if share.left:
-        what = (
-            f"{share.fraction:.0%} of {info.ref}'s Linear-like weights are in nn.Linear layers that can be "
-            f"quantized; {', '.join(share.left)} are 3-D weights (a mixture of experts' experts) that stay in the "
-            "source dtype: quantizing experts is not supported yet"
-        )
-        if share.fraction < MIN_QUANTIZED_SHARE and not allow_partial:
-            raise InputError(
-                f"{what}. The output would be mostly unquantized; to quantize the rest anyway, use the command "
-                "line with --allow-partial."
-            )
-        events.warn(what)
-    return share
 
 
 def check_streamable(info: SourceInfo) -> None:
@@ -385,6 +371,9 @@ class RecipeJob:
             counts, result.verify = self.quantize_and_verify(staging, config, int4_choice)
             if counts.skipped:
                 result.notes.append(f"left in the source dtype: {', '.join(counts.skipped)}")
+            if counts.share is not None:
+                result.quantized_share = counts.share.fraction
+                coverage.check_written(counts.share, recipe.name, self.plan.allow_partial)
             result.notes.extend(counts.notes)
             check_sane(result.verify, recipe.name)
             result.output_bytes = weights_bytes(staging) + self.uploaded_bytes
@@ -425,7 +414,7 @@ class RecipeJob:
             source_bytes=plan.info.weight_bytes,
             notes=list(plan.notes) if int4_choice else [],
             int4_method=int4_choice.label if int4_choice else None,
-            quantized_share=plan.share.fraction if plan.share else None,
+            quantized_share=plan.shares[recipe.name].fraction if recipe.name in plan.shares else None,
         )
         if int4_choice:
             result.notes.extend(int4_choice.notes())
@@ -435,9 +424,17 @@ class RecipeJob:
         self, staging: Path, config: AOBaseConfig, int4_choice: Int4Choice | None
     ) -> tuple[LayerCount, VerifyResult]:
         plan, recipe, events, m = self.plan, self.recipe, self.events, self.measurements
+        experts = plan.quantizes_experts(recipe)
         if not plan.streaming:
             counts = quantize_and_save(
-                self.fetched.folder, staging, config, plan.hardware, events, recipe.name, int4_choice
+                self.fetched.folder,
+                staging,
+                covering(config, plan.info.config) if experts else config,
+                plan.hardware,
+                events,
+                recipe.name,
+                int4_choice,
+                experts_forward=recipe.experts_forward if experts else None,
             )
             return counts, verify_output(staging, plan.hardware, m.data, m.reference, events, recipe.name)
         evaluator = None

@@ -50,6 +50,11 @@ class Recipe:
     formats: tuple[tuple[str, str], ...] = ()  # (device or "any", what is stored and where it loads)
     int4_formats: tuple[tuple[str, Int4Format], ...] = ()  # (device or "any", how int4 values are stored)
     dynamic_activations: bool = False
+    # mixture-of-experts models: the devices where its torchao config quantizes the 3-D expert weights (checked by
+    # tests/test_families.py), why it cannot elsewhere, and the experts forward stock transformers must use
+    experts_on: tuple[str, ...] = ()
+    experts_refusal: tuple[tuple[str, str], ...] = ()  # (device or "any", why not)
+    experts_forward: str | None = None
 
     @property
     def uses_group_size(self) -> bool:
@@ -79,6 +84,13 @@ class Recipe:
             need, have = ".".join(map(str, needed)), ".".join(map(str, capability))
             return f"{self.name} needs CUDA compute capability >= {need}; {hardware.name} has {have}"
         return None
+
+    def experts_reason(self, hardware: Hardware) -> str | None:
+        """Why this type cannot quantize a mixture of experts' 3-D expert weights on `hardware`, or None."""
+        if hardware.device in self.experts_on:
+            return None
+        why = on_device(self.experts_refusal, hardware)
+        return why or f"its torchao config does not quantize 3-D expert weights on {hardware.name}"
 
     def config(self, hardware: Hardware, group_size: int = DEFAULT_GROUP_SIZE) -> AOBaseConfig:
         return self.build(hardware, group_size)
@@ -114,6 +126,20 @@ def _int4_weight_only(hardware: Hardware, group_size: int) -> AOBaseConfig:
     return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
 
 
+# why a type cannot quantize the 3-D expert weights of a mixture of experts (every type quantizes the rest)
+INTX_EXPERTS = (
+    "torchao's Intx int4 tensor takes 2-D weights only (its configs refuse 3-D ones) and cannot select one expert "
+    "of a 3-D weight, so stock transformers could not run it"
+)
+TILE_PACKED_EXPERTS = (
+    "torchao packs 3-D expert weights for CUDA's int4 kernel on a GPU only, this project's CPU packer writes 2-D "
+    "weights only, and no such checkpoint has been run on a GPU here yet"
+)
+UNCHECKED_ON_GPU = (
+    "torchao can quantize 3-D expert weights with it, but no such checkpoint has been run on a GPU here yet"
+)
+INT8_EXPERTS = {"experts_on": ("cpu", "cuda"), "experts_forward": "eager"}  # Int8Tensor has no grouped_mm
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -123,6 +149,7 @@ RECIPES: dict[str, Recipe] = {
             description="int8 weights, per-row scale; about half the size with almost no quality loss",
             build=lambda hw, g: Int8WeightOnlyConfig(),
             formats=(("any", "Int8Tensor: int8 weights with a per-row scale; loads on CPU and CUDA"),),
+            **INT8_EXPERTS,
         ),
         Recipe(
             name="int8_dynamic",
@@ -131,6 +158,7 @@ RECIPES: dict[str, Recipe] = {
             "int8 kernels",
             build=lambda hw, g: Int8DynamicActivationInt8WeightConfig(),
             formats=(("any", "Int8Tensor with dynamic int8 activations; loads on CPU and CUDA"),),
+            **INT8_EXPERTS,
         ),
         Recipe(
             name="int4_weight_only",
@@ -138,6 +166,7 @@ RECIPES: dict[str, Recipe] = {
             description="int4 weights in groups; tile-packed 4-bit on CUDA, portable Intx (one int4 per byte) on CPU",
             build=_int4_weight_only,
             int4_formats=(("cpu", INTX), ("cuda", TILE_PACKED)),
+            experts_refusal=(("cpu", INTX_EXPERTS), ("cuda", TILE_PACKED_EXPERTS)),
             formats=(
                 (
                     "cuda",
@@ -157,6 +186,7 @@ RECIPES: dict[str, Recipe] = {
             "machine, runs on CUDA GPUs",
             build=_tile_packed,
             int4_formats=(("any", TILE_PACKED),),
+            experts_refusal=(("any", TILE_PACKED_EXPERTS),),
             formats=(
                 (
                     "cuda",
@@ -179,6 +209,7 @@ RECIPES: dict[str, Recipe] = {
             ),
             int4_formats=(("any", INTX),),
             dynamic_activations=True,
+            experts_refusal=(("any", INTX_EXPERTS),),
             formats=(
                 (
                     "any",
@@ -193,6 +224,7 @@ RECIPES: dict[str, Recipe] = {
             description="float8 (e4m3) weights; for GPUs with float8 support (works on CPU, slowly)",
             build=lambda hw, g: Float8WeightOnlyConfig(),
             formats=(("any", "Float8Tensor: float8 e4m3 weights; loads on CPU and CUDA, fast on CUDA"),),
+            experts_on=("cpu", "cuda"),  # Float8Tensor has grouped_mm: transformers' default experts forward runs
         ),
         Recipe(
             name="float8_dynamic",
@@ -202,6 +234,7 @@ RECIPES: dict[str, Recipe] = {
             devices=("cuda",),
             min_cuda_capability=(8, 9),
             formats=(("any", "Float8Tensor with dynamic float8 activations; loads on CUDA (>= 8.9)"),),
+            experts_refusal=(("any", UNCHECKED_ON_GPU),),
         ),
     )
 }
@@ -231,6 +264,15 @@ def made_and_run_on(hardware: Hardware) -> list[str]:
         r.name
         for r in RECIPES.values()
         if r.unsupported_reason(hardware) is None and (hardware.is_cuda or r.runs_on(hardware) != "CUDA GPUs only")
+    ]
+
+
+def quantizing_experts(hardware: Hardware) -> list[str]:
+    """The types that quantize a mixture of experts' 3-D expert weights on this hardware."""
+    return [
+        r.name
+        for r in RECIPES.values()
+        if r.experts_reason(hardware) is None and r.unsupported_reason(hardware) is None
     ]
 
 

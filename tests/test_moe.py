@@ -1,5 +1,5 @@
-"""Mixture-of-experts models: a job that would leave most weights unquantized is refused before loading, unless
-asked for, and every report and card says how much of the Linear-like weights was quantized."""
+"""Mixture-of-experts models through the CLI: the experts are quantized by the types that can, a type that cannot
+is refused before loading unless asked for, and every report and card says how much was quantized."""
 
 from __future__ import annotations
 
@@ -12,7 +12,12 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from quantizer.cli import main
+from quantizer.coverage import check_written
 from quantizer.engine import copy_side_files
+from quantizer.errors import QuantizationError
+from quantizer.layers import WeightShare
+
+SHARE_ROW = "| share of the Linear-like weights quantized (experts included, output embedding excluded) | | "
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +44,7 @@ def qwen3_moe(demo_model, tmp_path_factory) -> Path:
     return folder
 
 
-def expected_share(folder: Path) -> float:
+def linear_share(folder: Path) -> float:
     """Counted from the checkpoint itself (transformers saves each expert's projections separately): the
     attention projections against those plus every expert's weights."""
     linear = experts = 0
@@ -53,35 +58,75 @@ def expected_share(folder: Path) -> float:
     return linear / (linear + experts)
 
 
-def test_a_mostly_unquantized_job_is_refused_before_loading(qwen3_moe, tmp_path, capsys):
-    code = main([str(qwen3_moe), "moe", "--save-only", "--output-dir", str(tmp_path), "--no-tracking"])
-    err = capsys.readouterr().err
+def run(argv: list[str], capsys) -> tuple[int, str, dict | None]:
+    code = main([*argv, "--json", "--no-tracking", "--eval-tokens", "256"])
+    captured = capsys.readouterr()
+    return code, captured.err, json.loads(captured.out) if captured.out.strip() else None
+
+
+def test_int8_quantizes_the_experts_and_stock_transformers_runs_them(qwen3_moe, tmp_path, capsys):
+    code, err, report = run([str(qwen3_moe), "moe", "--save-only", "--output-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    result = report["results"][0]
+    assert result["quantized_share"] == 1.0 and result["status"] == "ok"
+    assert "the experts (model.layers.*.mlp.experts.gate_up_proj, model.layers.*.mlp.experts.down_proj) are " in err
+    out = tmp_path / "moe"
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        qdata = f.get_tensor("model.layers.0.mlp.experts._gate_up_proj_qdata")
+    assert qdata.dtype == torch.int8 and tuple(qdata.shape) == (16, 128, 64)  # all 16 experts, 2 x 64 rows, 64 wide
+    assert json.loads((out / "config.json").read_text())["experts_implementation"] == "eager"
+    assert f"{SHARE_ROW}100.0% |" in (out / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(out)  # stock transformers, nothing passed
+    source = AutoModelForCausalLM.from_pretrained(qwen3_moe)
+    assert type(model.model.layers[1].mlp.experts.down_proj).__name__ == "Int8Tensor"
+    ids = torch.randint(0, 49152, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(ids).logits.float(), source(ids).logits.float()
+    assert ((got - want).norm() / want.norm()).item() < 0.05
+
+
+def test_a_type_that_cannot_quantize_the_experts_is_refused_before_loading(qwen3_moe, tmp_path, capsys):
+    argv = [str(qwen3_moe), "moe", "--quant-type", "int4_weight_only", "--save-only", "--output-dir", str(tmp_path)]
+    code, err, _ = run(argv, capsys)
     assert code == 2
-    assert f"{expected_share(qwen3_moe):.0%} of" in err and "model.layers.*.mlp.experts.gate_up_proj" in err
-    assert "3-D weights" in err and "--allow-partial" in err
+    assert f"would quantize {linear_share(qwen3_moe):.0%} of" in err
+    assert "model.layers.*.mlp.experts.gate_up_proj" in err and "Intx int4 tensor takes 2-D weights only" in err
+    assert "Use int8_weight_only, int8_dynamic, float8_weight_only, which quantize the experts too" in err
+    assert "--allow-partial" in err
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_asked_for_it_runs_and_says_the_share(qwen3_moe, tmp_path, capsys):
-    argv = [str(qwen3_moe), "moe", "--allow-partial", "--save-only", "--output-dir", str(tmp_path)]
-    code = main([*argv, "--json", "--no-tracking"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    result = json.loads(captured.out)["results"][0]
-    assert result["quantized_share"] == pytest.approx(expected_share(qwen3_moe))
-    assert "stay in the source dtype" in captured.err
-    card = (tmp_path / "moe" / "README.md").read_text()
-    assert (
-        f"| share of the Linear-like weights quantized (experts included, output embedding excluded) | | "
-        f"{expected_share(qwen3_moe):.1%} |" in card
-    )
+    argv = [str(qwen3_moe), "moe", "--quant-type", "int4_weight_only", "--allow-partial", "--save-only"]
+    code, err, report = run([*argv, "--output-dir", str(tmp_path), "--int4-method", "asym"], capsys)
+    assert code == 0, err
+    result = report["results"][0]
+    assert result["quantized_share"] == pytest.approx(linear_share(qwen3_moe))
+    assert "left in the source dtype: the experts" in err
+    assert f"{SHARE_ROW}{linear_share(qwen3_moe):.1%} |" in (tmp_path / "moe" / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe")
-    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "IntxUnpackedToInt8Tensor"
+    assert model.model.layers[0].mlp.experts.gate_up_proj.dtype == torch.bfloat16
+
+
+def test_the_streaming_engine_refuses_experts_it_cannot_merge(qwen3_moe, tmp_path, capsys):
+    argv = [str(qwen3_moe), "moe", "--streaming", "--save-only", "--output-dir", str(tmp_path)]
+    code, err, _ = run(argv, capsys)
+    assert code == 2
+    assert "does not merge a checkpoint's per-expert tensors" in err and "int8_weight_only" in err
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_dense_model_is_quantized_whole(tiny_model, tmp_path, capsys):
-    code = main([str(tiny_model()), "dense", "--save-only", "--output-dir", str(tmp_path), "--json", "--no-tracking"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert json.loads(captured.out)["results"][0]["quantized_share"] == 1.0
-    assert "| share of the Linear-like weights quantized" in (tmp_path / "dense" / "README.md").read_text()
+    code, err, report = run([str(tiny_model()), "dense", "--save-only", "--output-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert report["results"][0]["quantized_share"] == 1.0
+    assert f"{SHARE_ROW}100.0% |" in (tmp_path / "dense" / "README.md").read_text()
+
+
+def test_an_output_mostly_left_unquantized_is_not_called_done():
+    share = WeightShare(quantized=1, total=4, left=("model.layers.*.mlp.experts.down_proj",), left_kinds=("experts",))
+    with pytest.raises(QuantizationError, match=r"quantized only 25% .* model\.layers\.\*\.mlp\.experts\.down_proj"):
+        check_written(share, "int8_weight_only", allow_partial=False)
+    check_written(share, "int8_weight_only", allow_partial=True)
+    check_written(WeightShare(quantized=1, total=2, left=("x",)), "int8_weight_only", allow_partial=False)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..layers import decoder_layers
 from .grid import GroupQuant, asym_params, round_to_grid
 
 
@@ -68,13 +69,13 @@ def gptq_model(
     (q/k/v, gate/up) share one Hessian and are quantized as one stacked weight: GPTQ treats rows
     independently, so this gives their values with a third of the work.
     """
-    layers = model.model.layers
+    path, layers = decoder_layers(model)
     hidden, layer_kwargs = capture_layer_inputs(model, calibration, batch)
     modules = dict(model.named_modules())
     result: dict[str, GroupQuant] = {}
     wanted = set(names)
     for index, layer in enumerate(layers):
-        prefix = f"model.layers.{index}."
+        prefix = f"{path}.{index}."
         linears = {n: modules[n] for n in names if n.startswith(prefix)}
         hessians = SharedHessians()
         handles = [m.register_forward_hook(hessians.hook(n)) for n, m in linears.items()]
@@ -161,7 +162,7 @@ def capture_layer_inputs(model, calibration: torch.Tensor, batch: int):
     """The hidden states entering the first decoder layer for each calibration chunk, and the keyword
     arguments (position embeddings, masks) the layer is called with, per chunk size."""
     hidden, kwargs_by_size = [], {}
-    first_layer = model.model.layers[0]
+    first_layer = decoder_layers(model)[1][0]
 
     def grab(_module, args, kwargs):
         hidden.append(args[0] if args else kwargs.pop("hidden_states"))
