@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .errors import InputError, QuantizationError
 from .events import EventStream
-from .experts import planned_expert_weights
+from .experts import expert_converters, planned_expert_weights
 from .hardware import Hardware
 from .layers import WeightShare, generic_name, planned_share, unrunnable_linears
 from .recipes import Recipe, quantizing_experts
@@ -84,12 +84,14 @@ def check_written(share: WeightShare, quant_type: str, allow_partial: bool) -> N
 
 
 def check_streaming(info: SourceInfo, recipes: list[Recipe], hardware: Hardware) -> None:
-    """The streaming engine quantizes tensor by tensor as the checkpoint stores them, one 2-D tensor per expert;
-    it does not merge them into the 3-D expert weights transformers loads, so it refuses to quantize experts."""
+    """The streaming engine merges a checkpoint's per-expert tensors with transformers' own merge rules for the
+    model type; a mixture of experts whose type has none (its checkpoint stores experts some other way) is
+    refused rather than streamed with its experts left out."""
     quantizing = [r.name for r in recipes if r.experts_reason(hardware) is None]
-    if quantizing and planned_expert_weights(info.config):
+    if quantizing and planned_expert_weights(info.config) and not expert_converters(info.config["model_type"]):
         raise InputError(
             f"{info.ref} is a mixture of experts too large to load here ({info.weight_bytes / 1e9:.2f} GB of "
-            f"weights), and the streaming engine does not merge a checkpoint's per-expert tensors into the 3-D "
-            f"expert weights {', '.join(quantizing)} would quantize yet: run it on a machine with more memory."
+            f"weights), and the streaming engine knows no rule to merge the per-expert tensors of its model type "
+            f"'{info.config['model_type']}' into the 3-D expert weights {', '.join(quantizing)} would quantize: "
+            "run it on a machine with more memory."
         )

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torchao.core.config import AOBaseConfig
 from torchao.quantization import FqnToConfig, quantize_
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-from transformers.core_model_loading import WeightConverter
+from transformers.core_model_loading import WeightConverter, WeightRenaming
 
 from .layers import meta_model, quantizable_linears
 
@@ -82,6 +83,20 @@ def write_forward(output_dir: Path, implementation: str | None) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def model_names(model_type: str) -> Callable[[str], str]:
+    """A checkpoint key -> the parameter's name inside the model, by transformers' renaming rules for the model
+    type (Mixtral's `block_sparse_moe` is `mlp` inside). torchao's metadata is keyed by the model's names while
+    the tensors keep the checkpoint's."""
+    renamings = [r for r in get_checkpoint_conversion_mapping(model_type) or [] if isinstance(r, WeightRenaming)]
+
+    def rename(key: str) -> str:
+        for renaming in renamings:
+            key = renaming.rename_source_key(key)[0]
+        return key
+
+    return rename
+
+
 def expert_converters(model_type: str) -> list[WeightConverter]:
     """transformers' own rules for merging a checkpoint's per-expert tensors into the 3-D weights."""
     return [
@@ -89,3 +104,69 @@ def expert_converters(model_type: str) -> list[WeightConverter]:
         for rule in get_checkpoint_conversion_mapping(model_type) or []
         if isinstance(rule, WeightConverter) and any(".experts.*." in p for p in rule.source_patterns)
     ]
+
+
+@dataclass(frozen=True)
+class ExpertRule:
+    """One of transformers' merge rules: per-expert source patterns -> one 3-D target weight."""
+
+    converter: WeightConverter
+    patterns: tuple[re.Pattern, ...]  # one per source pattern: (prefix)(expert index)
+
+    @classmethod
+    def of(cls, converter: WeightConverter) -> ExpertRule:
+        compiled = []
+        for pattern in converter.source_patterns:
+            body = re.escape(pattern).replace(r"\*", r"(\d+)")
+            boundary = "" if pattern.startswith(".") else r"(?:^|(?<=\.))"
+            compiled.append(re.compile(rf"^(.*?){boundary}{body}$"))
+        return cls(converter, tuple(compiled))
+
+    @property
+    def target(self) -> str:
+        return self.converter.target_patterns[0]
+
+
+class ExpertMerger:
+    """Collects a checkpoint's per-expert 2-D tensors and, once a layer's pieces are all read, gives its 3-D
+    expert weight merged by transformers' own conversion operations, as loading merges them; the streaming
+    engine then quantizes it like the whole-model path does. Memory: the pieces of the weights not yet whole
+    (one layer's experts when the checkpoint keeps a layer together)."""
+
+    def __init__(self, model_type: str, experts: int) -> None:
+        self.rules = [ExpertRule.of(c) for c in expert_converters(model_type)]
+        self.experts = experts
+        self.pending: dict[str, dict[int, dict[int, torch.Tensor]]] = {}  # target name -> pattern -> expert -> tensor
+        self.merged = 0
+
+    def match(self, key: str) -> tuple[ExpertRule, str, int, int] | None:
+        """(rule, target parameter name, source pattern index, expert index) for a per-expert tensor's key."""
+        for rule in self.rules:
+            for index, pattern in enumerate(rule.patterns):
+                found = pattern.match(key)
+                if found:
+                    return rule, found.group(1) + rule.target, index, int(found.group(2))
+        return None
+
+    def add(self, rule: ExpertRule, name: str, index: int, expert: int, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Keep one piece; the merged 3-D weight when it was the last one of `name`, else None."""
+        pieces = self.pending.setdefault(name, {})
+        pieces.setdefault(index, {})[expert] = tensor
+        if len(pieces) < len(rule.patterns) or any(len(p) < self.experts for p in pieces.values()):
+            return None
+        del self.pending[name]
+        data = {
+            rule.converter.source_patterns[i]: [pieces[i][e] for e in range(self.experts)]
+            for i in range(len(rule.patterns))
+        }
+        for operation in rule.converter.operations:
+            data = operation.convert(
+                data, source_patterns=rule.converter.source_patterns, target_patterns=rule.converter.target_patterns
+            )
+        self.merged += 1
+        return next(iter(data.values()))
+
+    def check_done(self) -> None:
+        if self.pending:
+            missing = sorted(self.pending)[:3]
+            raise ValueError(f"the checkpoint lacks some experts' tensors of {missing}")

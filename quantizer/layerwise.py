@@ -32,7 +32,7 @@ from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_s
 
 from .int4.gptq import capture_layer_inputs, first
 from .int4.packed import cpu_runnable
-from .layers import meta_model
+from .layers import decoder_layers, meta_model
 from .texts import WINDOW, EvalData
 
 # perplexity tokens x model parameters a layer-by-layer run may spend: all 2048 default tokens up to about
@@ -63,8 +63,7 @@ class LayerwiseEvaluator:
         windows = max(1, min(len(data.windows), int(TOKEN_PARAMS_BUDGET // (params * WINDOW))))
         self.data = EvalData(data.windows[:windows], data.batch, data.prompt_ids)
         self.max_pending_bytes = max_pending_bytes
-        self.decoder = self.skeleton.model.layers
-        prefix = next(n for n, m in self.skeleton.named_modules() if m is self.decoder)
+        prefix, self.decoder = decoder_layers(self.skeleton)
         self.layer_prefix = prefix + "."
         self.params = dict(self.skeleton.named_parameters(remove_duplicate=False))
         self.layer_names = [
@@ -77,6 +76,12 @@ class LayerwiseEvaluator:
         self.hidden: dict[str, list[torch.Tensor]] | None = None  # "source"/"output" -> one tensor per input
         self.kwargs: list[dict] = []
         self.stopped: str | None = None  # why the evaluator gave up, if it did
+        if prefix != "model.layers" or not hasattr(self.skeleton.model, "norm"):
+            self.stopped = f"the layer-by-layer check runs models laid out as model.layers and model.norm, not {prefix}"
+        elif any(p.dim() == 3 for p in self.params.values()):
+            self.stopped = (
+                "the layer-by-layer check does not read a mixture of experts' per-expert checkpoint tensors yet"
+            )
 
     # --- reading shards ---------------------------------------------------------------------------------------
     def feed(self, source_file: Path, output_file: Path) -> None:

