@@ -111,6 +111,7 @@ def results_table(report: Report) -> str:
         "top-1",
         "logits err",
         "layers q/skip",
+        "weights quantized",
         "time",
         "peak RSS",
         "output",
@@ -118,7 +119,7 @@ def results_table(report: Report) -> str:
     rows = [header]
     source_bytes = next((r.source_bytes for r in report.results if r.source_bytes), None)
     ppl = f"{report.ppl_source:.2f}" if report.ppl_source is not None else "-"
-    rows.append(("source", "", human_bytes(source_bytes), "100%", ppl, "", "", "", "", "", "", report.source))
+    rows.append(("source", "", human_bytes(source_bytes), "100%", ppl, "", "", "", "", "", "", "", report.source))
     for r in report.results:
         v = r.verify
         rows.append(
@@ -132,6 +133,7 @@ def results_table(report: Report) -> str:
                 fmt(v and v.top1_agreement, ".1%"),
                 fmt(v and v.logits_rel_err, ".4f"),
                 f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
+                f"{r.quantized_share:.0%}" if r.quantized_share is not None else "-",
                 f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
                 human_bytes(r.peak_rss_bytes),
                 r.url or r.output_dir or "not kept",

@@ -116,6 +116,8 @@ def test_asked_for_it_runs_and_says_the_share(qwen3_moe, tmp_path, capsys):
     assert result["quantized_share"] == pytest.approx(linear_share(qwen3_moe))
     assert "left in the source dtype: the experts" in err
     assert f"{SHARE_ROW}{linear_share(qwen3_moe):.1%} |" in (tmp_path / "moe" / "README.md").read_text()
+    row = next(line for line in err.splitlines() if line.startswith("| int4_weight_only | ok |"))
+    assert f"| {linear_share(qwen3_moe):.0%} |" in row  # the command line's table has the share too
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "moe")
     assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "IntxUnpackedToInt8Tensor"
     assert model.model.layers[0].mlp.experts.gate_up_proj.dtype == torch.bfloat16
