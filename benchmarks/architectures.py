@@ -18,10 +18,14 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
 
 from quantizer import recipes
 from quantizer.cli import main
@@ -120,10 +124,19 @@ def run_family(family: str, types: list[str], workdir: Path, tokenizer_dir: Path
     return cells
 
 
-def run_matrix(families: list[str], types: list[str]) -> list[Cell]:
+def run_matrix(families: list[str], types: list[str], workers: int = 2) -> list[Cell]:
+    """Every family, `workers` at a time in processes of their own (a tiny model's job is mostly Python, one
+    core each), in the order given."""
     tokenizer_dir = prepare()
     with tempfile.TemporaryDirectory(prefix="architectures-") as tmp:
-        return [cell for family in families for cell in run_family(family, types, Path(tmp), tokenizer_dir)]
+        jobs = [(family, types, Path(tmp), tokenizer_dir) for family in families]
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=one_thread) as pool:
+            return [cell for cells in pool.map(run_family, *zip(*jobs, strict=True)) for cell in cells]
+
+
+def one_thread() -> None:
+    torch.set_num_threads(1)
 
 
 def render(cells: list[Cell], types: list[str]) -> str:
