@@ -1,10 +1,13 @@
-"""int4 methods compared on an off-grid SmolLM2-135M: bf16, torchao's rtn, asym and GPTQ, in one run.
+"""int4 methods on held-out text: bf16, torchao's rtn, asym and GPTQ on an off-grid SmolLM2-135M, in one run.
 
-    python -m benchmarks.int4_methods [--group-size 32] [--eval-tokens 8192]
+    python -m benchmarks.int4_methods [--group-size 32] [--eval-tokens 8192] [--held-out pydoc packages licenses]
 
-Each method goes through the real pipeline (quantize, save, stock reload, verify) with the same
-evaluation text (the first tokens of Python's pydoc topics; GPTQ calibrates on the other half).
-Prints a markdown table and writes benchmarks/results/int4_methods.{md,json}.
+For each held-out domain (one of `quantizer.texts.SOURCES`), every method goes through the real
+pipeline (quantize, save, stock reload, verify), evaluated on that domain's text and, for GPTQ,
+calibrated on the other domains mixed: the text a method is measured on is never of a domain it was
+tuned on. On the first domain, the job's default, the calibrated methods are also written in the
+truly 4-bit tile-packed format and measured the same way. Prints markdown tables and writes
+benchmarks/results/int4_methods.{md,json}.
 """
 
 from __future__ import annotations
@@ -18,10 +21,64 @@ from pathlib import Path
 from benchmarks.offgrid import build_offgrid
 from quantizer.cli import quiet_libraries
 from quantizer.demo import cache_root, prepare
+from quantizer.layers import planned_linear_layers
 from quantizer.pipeline import JobSpec, run
 from quantizer.report import human_bytes
+from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name, mixed
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PACKED = "int4_tile_packed"
+
+
+def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_type: str, args) -> dict:
+    """One job: the method's row (perplexity on the held-out text, time, bytes), and the source's figures."""
+    started = time.perf_counter()
+    report = run(
+        JobSpec(
+            source=str(source),
+            target=f"offgrid-{method}-{quant_type}",
+            quant_types=[quant_type],
+            group_size=args.group_size,
+            save_only=True,
+            output_dir=out,
+            eval_tokens=args.eval_tokens,
+            eval_text=str(texts["eval"]),
+            calibration_text=str(texts["calibration"]),
+            int4_method=method,
+            track=False,
+        )
+    )
+    result = report.results[0]
+    assert result.ok, result.error
+    v = result.verify
+    return {
+        "method": method,
+        "quant_type": quant_type,
+        "ppl": v.ppl_quantized,
+        "ppl_delta_pct": v.ppl_delta_pct,
+        "top1_agreement": v.top1_agreement,
+        "seconds": round(time.perf_counter() - started, 1),
+        "quantize_seconds": result.seconds.get("quantize"),
+        "bytes": result.output_bytes,
+        "source": {"ppl": v.ppl_source, "bytes": result.source_bytes},
+    }
+
+
+def table(rows: list[dict], linear_params: int) -> list[str]:
+    source = rows[0]["source"]
+    lines = [
+        "| method | type | perplexity | Δ vs bf16 | top-1 agreement | quantize (s) | s per M Linear params | bytes |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| bf16 (source) | - | {source['ppl']:.3f} | +0.00% | 100.0% | - | - | {human_bytes(source['bytes'])} |",
+    ]
+    for row in rows:
+        seconds = row["quantize_seconds"] or 0.0
+        lines.append(
+            f"| {row['method']} | {row['quant_type']} | {row['ppl']:.3f} | {row['ppl_delta_pct']:+.2f}% | "
+            f"{row['top1_agreement']:.1%} | {seconds:.1f} | {seconds / (linear_params / 1e6):.2f} | "
+            f"{human_bytes(row['bytes'])} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,72 +87,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=8192)
     parser.add_argument("--methods", nargs="+", default=["rtn", "asym", "gptq"])
     parser.add_argument("--quant-type", default="int4_weight_only")
+    parser.add_argument("--held-out", nargs="+", default=[EVAL_SOURCE, "packages", "licenses"], choices=SOURCES)
+    parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True, help="tile-packed rows too")
     parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_methods.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
     source = args.source or build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
-    rows, baseline = [], None
-    with tempfile.TemporaryDirectory() as out:
-        for method in args.methods:
-            started = time.perf_counter()
-            report = run(
-                JobSpec(
-                    source=str(source),
-                    target=f"offgrid-{method}",
-                    quant_types=[args.quant_type],
-                    group_size=args.group_size,
-                    save_only=True,
-                    output_dir=Path(out),
-                    eval_tokens=args.eval_tokens,
-                    int4_method=method,
-                    track=False,
-                )
-            )
-            result = report.results[0]
-            assert result.ok, result.error
-            v = result.verify
-            baseline = baseline or {
-                "method": "bf16 (source)",
-                "ppl": v.ppl_source,
-                "ppl_delta_pct": 0.0,
-                "top1_agreement": 1.0,
-                "seconds": 0.0,
-                "bytes": result.source_bytes,
-            }
-            rows.append(
-                {
-                    "method": method,
-                    "ppl": v.ppl_quantized,
-                    "ppl_delta_pct": v.ppl_delta_pct,
-                    "top1_agreement": v.top1_agreement,
-                    "seconds": round(time.perf_counter() - started, 1),
-                    "quantize_seconds": result.seconds.get("quantize"),
-                    "bytes": result.output_bytes,
-                }
-            )
-    table = [
-        "| method | perplexity | Δ vs bf16 | top-1 agreement | job time (s) | quantize (s) | bytes |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in [baseline, *rows]:
-        table.append(
-            f"| {row['method']} | {row['ppl']:.3f} | {row['ppl_delta_pct']:+.2f}% | "
-            f"{row['top1_agreement']:.1%} | {row['seconds']:.1f} | {row.get('quantize_seconds') or 0:.1f} | "
-            f"{human_bytes(row['bytes'])} |"
-        )
+    config = json.loads((source / "config.json").read_text())
+    linear_params = sum(layer.in_features * layer.out_features for layer in planned_linear_layers(config))
     model = args.source.name if args.source else "Off-grid SmolLM2-135M-Instruct"
+    sections, runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, held_out in enumerate(args.held_out):
+            calibration = tuple(name for name in SOURCES if name != held_out)
+            texts = {"eval": Path(tmp) / f"{held_out}.txt", "calibration": Path(tmp) / "calibration.txt"}
+            texts["eval"].write_text(SOURCES[held_out].read(), encoding="utf-8")
+            texts["calibration"].write_text(mixed(calibration), encoding="utf-8")
+            jobs = [(method, args.quant_type) for method in args.methods]
+            if number == 0 and args.packed:
+                jobs += [(method, PACKED) for method in args.methods if method != "rtn"]
+            rows = [measure(source, Path(tmp) / f"out-{held_out}", texts, m, t, args) for m, t in jobs]
+            print("\n".join(table(rows, linear_params)), flush=True)
+            heading = (
+                f"Held out: {SOURCES[held_out].domain} ({args.eval_tokens} tokens); GPTQ calibrated on "
+                f"{mix_name(calibration)}."
+            )
+            sections.append(heading + "\n\n" + "\n".join(table(rows, linear_params)))
+            runs.append({"held_out": held_out, "calibration": list(calibration), "rows": rows})
     header = (
-        f"{model}, {args.quant_type}, group size {args.group_size}, perplexity on "
-        f"{args.eval_tokens} tokens of Python's pydoc topics (GPTQ calibrated on the other half); "
-        "2-core CPU."
+        f"{model}, group size {args.group_size}, {linear_params / 1e6:.1f}M Linear parameters; 2-core CPU. "
+        "Each table: perplexity on a domain no calibration text came from."
     )
-    text = header + "\n\n" + "\n".join(table) + "\n"
+    text = header + "\n\n" + "\n\n".join(sections) + "\n"
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "int4_methods.md").write_text(text)
+    settings = {k: str(v) for k, v in vars(args).items()}
     (args.results / "int4_methods.json").write_text(
-        json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "rows": [baseline, *rows]}, indent=2)
+        json.dumps({"settings": settings, "linear_params": linear_params, "runs": runs}, indent=2) + "\n"
     )
     return 0
 

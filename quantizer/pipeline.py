@@ -38,6 +38,7 @@ from .spec import JobSpec
 from .streaming import stream_quantize
 from .texts import (
     DEFAULT_CALIBRATION_TEXT_NAME,
+    DEFAULT_EVAL_TEXT_NAME,
     EvalData,
     build_eval_data,
     calibration_ids,
@@ -261,6 +262,7 @@ class Measurements:
     reference: Figures | None  # the source's figures; None when the source is never in memory as a whole
     calibration: torch.Tensor | None
     calibration_name: str
+    eval_name: str
 
 
 def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: EventStream) -> Measurements:
@@ -282,6 +284,7 @@ def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: Ev
         reference=reference,
         calibration=calibration,
         calibration_name=Path(spec.calibration_text).name if spec.calibration_text else DEFAULT_CALIBRATION_TEXT_NAME,
+        eval_name=Path(spec.eval_text).name if spec.eval_text else DEFAULT_EVAL_TEXT_NAME,
     )
 
 
@@ -305,6 +308,9 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         measurements = prepare_measurements(spec, plan, fetched, events)
         if measurements.reference:
             report.ppl_source, report.sample_source = measurements.reference.ppl, measurements.reference.sample
+        report.eval_text = measurements.eval_name
+        if measurements.calibration is not None:
+            report.calibration_text = measurements.calibration_name
         report.seconds = events.seconds_for(None)
         publisher = Publisher(
             spec=spec,

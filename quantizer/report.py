@@ -74,6 +74,8 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)  # shared stages (preflight, reference)
     ppl_source: float | None = None
     sample_source: str | None = None
+    eval_text: str | None = None  # what perplexity, logits and top-1 were measured on
+    calibration_text: str | None = None  # what a calibrated int4 method was tuned on (None: no calibration)
     error: str | None = None  # a failure before any recipe ran
     tracking: str | None = None  # where the Trackio runs were recorded
 

@@ -1,13 +1,19 @@
 """The texts every job measures and calibrates on, and the fixed token batches cut from them.
 
-A leaf module: verification, int4 calibration, the pipeline and the benchmarks all read it. The
-default evaluation text is Python's pydoc topics (real English prose that ships with Python); GPTQ
-calibrates on its second half, which evaluation never reads.
+A leaf module: verification, int4 calibration, the pipeline and the benchmarks all read it. All the
+built-in texts are real English that ships with Python and the installed packages (`SOURCES`):
+Python's pydoc topics (the language reference), the installed packages' descriptions (product and
+technical prose by many authors) and their license texts (legal prose). GPTQ calibrates on the
+descriptions and licenses mixed, and jobs are measured on the pydoc topics, a domain calibration never
+saw: a card's int4 figure is on held-out text, not on text like what the values were tuned on.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 import torch
 
@@ -18,24 +24,109 @@ WINDOW = 256  # perplexity window length, tokens
 LOGITS_BATCH = (4, 64)  # sequences x tokens for the logits comparison
 SAMPLE_PROMPT = "What is the capital of France? Answer in one sentence."
 SAMPLE_TOKENS = 24
-DEFAULT_EVAL_TEXT_NAME = "Python's pydoc topics"
 DEFAULT_CALIBRATION_TOKENS = 16384
 CALIBRATION_SEQ_LEN = 256
-DEFAULT_CALIBRATION_TEXT_NAME = "the second half of Python's pydoc topics (disjoint from the evaluation text)"
+MIX_CHUNK = 2000  # characters each source gives in turn to a mixed text
 
 
-def default_eval_text() -> str:
-    """Real English prose that ships with Python: the standard library's pydoc topics."""
+def pydoc_topics() -> str:
+    """Python's language reference as the standard library ships it for `help()`: the pydoc topics."""
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+# the packages whose texts calibrate: the ones requirements.txt pins, so the text is the same wherever the project
+# is installed (a Space, a duplicate, the command line), whatever else is there
+CALIBRATION_PACKAGES = (
+    "accelerate",
+    "gguf",
+    "gradio",
+    "gradio_client",
+    "huggingface_hub",
+    "jinja2",
+    "psutil",
+    "safetensors",
+    "spaces",
+    "torch",
+    "torchao",
+    "trackio",
+    "transformers",
+)
+
+
+def _distributions() -> list:
+    found = []
+    for name in CALIBRATION_PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(metadata.distribution(name))
+    return found
+
+
+def package_descriptions() -> str:
+    """The long descriptions (README texts) of the packages this project pins, in name order."""
+    bodies = [d.metadata.get_payload() or "" for d in _distributions()]
+    return "\n\n".join(dict.fromkeys(b.strip() for b in bodies if len(b) > 500))
+
+
+def license_texts() -> str:
+    """The license files the packages this project pins ship (torch's name its third-party parts), each distinct
+    text once, in name order."""
+    texts = []
+    for dist in _distributions():
+        for file in dist.files or []:
+            if file.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    texts.append(file.read_text(encoding="utf-8").strip())
+    return "\n\n".join(dict.fromkeys(t for t in texts if len(t) > 200))
+
+
+@dataclass(frozen=True)
+class TextSource:
+    name: str
+    domain: str
+    read: Callable[[], str]
+
+
+SOURCES = {
+    s.name: s
+    for s in (
+        TextSource("pydoc", "Python's pydoc topics (the language reference)", pydoc_topics),
+        TextSource("packages", "descriptions of the Python packages this project pins", package_descriptions),
+        TextSource("licenses", "license texts of the Python packages this project pins", license_texts),
+    )
+}
+EVAL_SOURCE = "pydoc"
+CALIBRATION_SOURCES = ("packages", "licenses")  # never the evaluation text's domain
+
+
+def mixed(names: tuple[str, ...]) -> str:
+    """The named sources in turn, MIX_CHUNK characters each, so any prefix holds every domain."""
+    texts = [SOURCES[name].read() for name in names]
+    chunks = []
+    for start in range(0, max(len(t) for t in texts), MIX_CHUNK):
+        chunks.extend(t[start : start + MIX_CHUNK] for t in texts if start < len(t))
+    return "".join(chunks)
+
+
+def mix_name(names: tuple[str, ...]) -> str:
+    return " and ".join(SOURCES[name].domain for name in names)
+
+
+DEFAULT_EVAL_TEXT_NAME = f"{SOURCES[EVAL_SOURCE].domain}, a domain the calibration text does not cover"
+DEFAULT_CALIBRATION_TEXT_NAME = (
+    "the descriptions and license texts of the Python packages this project pins, mixed (no Python documentation)"
+)
+
+
+def default_eval_text() -> str:
+    """Real English that ships with Python, of a domain the default calibration text does not cover."""
+    return SOURCES[EVAL_SOURCE].read()
+
+
 def default_calibration_text() -> str:
-    """The second half of Python's pydoc topics: real English, disjoint from the evaluation text (the first
-    tokens of the same document, a few thousand at most)."""
-    text = default_eval_text()
-    return text[len(text) // 2 :]
+    """Broad English from the installed packages: product and technical prose and legal prose, mixed."""
+    return mixed(CALIBRATION_SOURCES)
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,19 @@ def test_the_int4_methods_benchmark_runs_end_to_end(tiny_model, tmp_path):
     """The benchmark behind the guide's int4 table, on a tiny model and the two instant methods."""
     from benchmarks import int4_methods
 
-    argv = ["--source", str(tiny_model()), "--methods", "rtn", "asym", "--eval-tokens", "512"]
-    assert int4_methods.main([*argv, "--group-size", "32", "--results", str(tmp_path)]) == 0
-    rows = json.loads((tmp_path / "int4_methods.json").read_text())["rows"]
-    assert [r["method"] for r in rows] == ["bf16 (source)", "rtn", "asym"]
-    assert all(math.isfinite(r["ppl"]) for r in rows)
-    assert "| asym |" in (tmp_path / "int4_methods.md").read_text()
+    argv = ["--source", str(tiny_model()), "--methods", "rtn", "asym", "--eval-tokens", "512", "--group-size", "32"]
+    assert int4_methods.main([*argv, "--held-out", "pydoc", "licenses", "--results", str(tmp_path)]) == 0
+    runs = json.loads((tmp_path / "int4_methods.json").read_text())["runs"]
+    assert [(r["held_out"], r["calibration"]) for r in runs] == [
+        ("pydoc", ["packages", "licenses"]),
+        ("licenses", ["pydoc", "packages"]),
+    ]
+    assert [(r["method"], r["quant_type"]) for r in runs[0]["rows"]] == [
+        ("rtn", "int4_weight_only"),
+        ("asym", "int4_weight_only"),
+        ("asym", "int4_tile_packed"),  # the held-out default domain also gets the truly 4-bit format
+    ]
+    assert all(math.isfinite(r["ppl"]) for run in runs for r in run["rows"])
+    text = (tmp_path / "int4_methods.md").read_text()
+    assert "Held out: license texts of the Python packages this project pins" in text
+    assert "| asym | int4_tile_packed |" in text

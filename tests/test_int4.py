@@ -9,7 +9,18 @@ from quantizer import int4, recipes
 from quantizer.errors import InputError
 from quantizer.hardware import Hardware
 from quantizer.int4.gptq import quantize_gptq
-from quantizer.texts import LOGITS_BATCH, WINDOW, build_eval_data, default_calibration_text, default_eval_text
+from quantizer.texts import (
+    CALIBRATION_PACKAGES,
+    CALIBRATION_SOURCES,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_EVAL_TEXT_NAME,
+    EVAL_SOURCE,
+    MIX_CHUNK,
+    SOURCES,
+    calibration_ids,
+    default_calibration_text,
+)
+from tests.support.app_server import ROOT
 
 SMOL_CONFIG = {
     "hidden_size": 576,
@@ -77,14 +88,26 @@ def test_cuda_tile_packed_int4_takes_only_torchaos_own_qparams():
     assert choose_int4_method(None, [recipes.get("int8_dynamic_int4_weight")], h100, SMOL_CONFIG)[0] == "gptq"
 
 
-def test_calibration_text_is_disjoint_from_the_evaluation_text(demo_model):
+def test_calibration_is_broad_english_of_other_domains_than_the_evaluation_text(demo_model):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model)
-    text = default_eval_text()
-    data = build_eval_data(tokenizer, text)
-    used = data.eval_tokens + LOGITS_BATCH[0] * LOGITS_BATCH[1]
-    prefix_ids = tokenizer(text[: len(text) // 2], add_special_tokens=False)["input_ids"]
-    assert len(prefix_ids) > 10 * used  # everything evaluation reads lies in the first half
-    assert default_calibration_text() == text[len(text) // 2 :]
-    assert data.eval_tokens == WINDOW * 8
+    calibration = default_calibration_text()
+    ids = calibration_ids(tokenizer, calibration)
+    assert ids.numel() == DEFAULT_CALIBRATION_TOKENS  # the mix is long enough for the default budget
+    used = tokenizer.decode(ids.flatten())
+    # every calibration source appears within the tokens used (the sources take turns)
+    for name in CALIBRATION_SOURCES:
+        assert SOURCES[name].read()[:MIX_CHUNK][:200] in used, name
+    # nothing of the evaluation text's domain: no pydoc topic's opening lines appear in the calibration text
+    topics = __import__("pydoc_data.topics", fromlist=["topics"]).topics
+    assert EVAL_SOURCE not in CALIBRATION_SOURCES
+    assert not [key for key, text in topics.items() if len(text) > 400 and text[:300] in calibration]
+    assert "a domain the calibration text does not cover" in DEFAULT_EVAL_TEXT_NAME
+
+
+def test_calibration_packages_are_the_ones_requirements_pin():
+    """The calibration text is read from these packages only, so it is the same wherever the project is
+    installed; they must be exactly the runtime pins (a new pin joins, a dropped one leaves)."""
+    pins = [line.split("==")[0].split("[")[0] for line in (ROOT / "requirements.txt").read_text().splitlines()]
+    assert sorted(CALIBRATION_PACKAGES) == sorted(p for p in pins if p and not p.startswith("#"))

@@ -21,6 +21,7 @@ from quantizer import recipes
 from quantizer.cli import main
 from quantizer.hardware import Hardware
 from quantizer.int4 import packed as int4_packed
+from quantizer.texts import DEFAULT_CALIBRATION_TEXT_NAME, DEFAULT_EVAL_TEXT_NAME
 from tests.support.models import TinyShape
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +174,14 @@ def test_calibrated_values_in_the_tile_packed_format_are_the_intx_values(tiny_mo
         )
         captured = capsys.readouterr()
         assert code == 0, captured.err
-        intx_result, packed_result = json.loads(captured.out)["results"]
+        report = json.loads(captured.out)
+        intx_result, packed_result = report["results"]
+        # what the values were tuned on and what they were measured on, both named, of different domains
+        assert report["eval_text"] == DEFAULT_EVAL_TEXT_NAME
+        assert report["calibration_text"] == (DEFAULT_CALIBRATION_TEXT_NAME if method == "gptq" else None)
+        card = (out / "m-int4wo" / "README.md").read_text()
+        assert DEFAULT_EVAL_TEXT_NAME in card
+        assert (DEFAULT_CALIBRATION_TEXT_NAME in card) == (method == "gptq")
         assert packed_result["int4_method"] == method and packed_result["group_size"] == intx_result["group_size"]
         ppl_intx, ppl_packed = intx_result["verify"]["ppl_quantized"], packed_result["verify"]["ppl_quantized"]
         assert abs(ppl_packed - ppl_intx) / ppl_intx < 0.005

@@ -89,9 +89,10 @@ ASYM = AsymRoundToNearest(
 )
 GPTQ_METHOD = GPTQ(
     name="gptq",
-    description="GPTQ on calibration text (error-compensating, asymmetric float zero points); the most accurate, "
-    "about 0.4 s per million parameters on 2 CPU cores",
-    seconds_per_param=0.4e-6,  # off-grid SmolLM2-135M (106M Linear parameters) in 37.7 s: benchmarks/int4_methods
+    description="GPTQ on calibration text (error-compensating, columns in order of input size, each group's range "
+    "by a clipping search, asymmetric float zero points); the most accurate, about 0.3 s per million parameters "
+    "on 2 CPU cores",
+    seconds_per_param=0.3e-6,  # off-grid SmolLM2-135M, 106.2M Linear parameters, 31.1-34.4 s: benchmarks/int4_methods
     calibrated=True,
     streams=False,
 )
