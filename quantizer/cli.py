@@ -20,7 +20,7 @@ from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
 from .report import results_table
-from .spec import host_deadline_seconds
+from .spec import WIKITEXT, DatasetRef, host_deadline_seconds
 from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
 
@@ -62,8 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-text",
         type=Path,
         default=None,
-        help="UTF-8 text for GPTQ calibration (default: the half of Python's pydoc topics not used for evaluation)",
+        help="UTF-8 text for GPTQ calibration (default: the descriptions and license texts of the pinned packages)",
     )
+    p.add_argument(
+        "--calibration-dataset",
+        metavar="REPO[:CONFIG]",
+        default=None,
+        help="calibrate GPTQ on a Hub dataset instead (read with the datasets library)",
+    )
+    p.add_argument("--calibration-split", default="train", help="the calibration dataset's split (default train)")
+    p.add_argument("--calibration-column", default="text", help="its text column (default text)")
     p.add_argument(
         "--calibration-tokens",
         type=int,
@@ -104,6 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="UTF-8 text for perplexity (default: Python's pydoc topics, real English prose)",
     )
+    p.add_argument(
+        "--eval-dataset",
+        metavar="REPO[:CONFIG]",
+        nargs="?",
+        const=WIKITEXT,
+        default=None,
+        help=f"measure perplexity on a Hub dataset instead (alone: {WIKITEXT}, as torchao's published tables)",
+    )
+    p.add_argument("--eval-split", default="test", help="the evaluation dataset's split (default test)")
+    p.add_argument("--eval-column", default="text", help="its text column (default text)")
     p.add_argument(
         "--eval-tokens",
         type=int,
@@ -171,6 +189,12 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         token=args.token or os.environ.get("HF_TOKEN"),
         private=args.private,
         eval_text=args.eval_text,
+        eval_dataset=DatasetRef.parse(args.eval_dataset, args.eval_split, args.eval_column)
+        if args.eval_dataset
+        else None,
+        calibration_dataset=DatasetRef.parse(args.calibration_dataset, args.calibration_split, args.calibration_column)
+        if args.calibration_dataset
+        else None,
         eval_tokens=args.eval_tokens,
         debug=args.debug,
         int4_method=args.int4_method,

@@ -25,6 +25,7 @@ from .events import Event, EventStream
 from .experts import covering, planned_expert_weights
 from .hardware import Hardware, PeakGPU, PeakRSS, available_memory_bytes, detect, folder_bytes
 from .hub import AuthError, Hub, Identity, Upload
+from .hub_texts import JobTexts, job_texts
 from .int4 import Int4Choice, Int4Method
 from .layers import LayerCount, WeightShare, planned_linear_layers
 from .layerwise import LayerwiseEvaluator
@@ -38,12 +39,9 @@ from .spec import JobSpec
 from .streaming import stream_quantize
 from .texts import (
     DEFAULT_CALIBRATION_TEXT_NAME,
-    DEFAULT_EVAL_TEXT_NAME,
     EvalData,
     build_eval_data,
     calibration_ids,
-    default_calibration_text,
-    default_eval_text,
 )
 from .tracking import Tracker
 from .verify import Figures, VerifyResult, check_sane, load_tokenizer, reference_figures, verify_output, verify_streamed
@@ -71,6 +69,7 @@ class Plan:
     layerwise: bool = False  # streamed: both models also run one decoder layer at a time (when memory allows)
     shares: dict[str, WeightShare] = field(default_factory=dict)  # quant type -> its planned share of the weights
     has_experts: bool = False  # a mixture of experts with 3-D expert weights
+    texts: JobTexts | None = None  # what the job is evaluated and calibrated on
     allow_partial: bool = False  # keep an output with less than half of its Linear-like weights quantized
 
     def quantizes_experts(self, recipe: Recipe) -> bool:
@@ -100,6 +99,12 @@ def layerwise_memory_budget() -> int:
 
 def check_options(spec: JobSpec) -> None:
     recipe_registry.check_group_size_value(spec.group_size or DEFAULT_GROUP_SIZE)
+    if (spec.eval_dataset and spec.eval_text) or (spec.calibration_dataset and spec.calibration_text):
+        raise InputError("give a text file or a dataset for evaluation and for calibration, not both.")
+    if spec.public and (spec.eval_dataset or spec.calibration_dataset):
+        raise InputError(
+            "this shared Space measures and calibrates on its own texts: use the command line for datasets."
+        )
     if spec.int4_method is not None:
         int4.get_method(spec.int4_method)
     if spec.calibration_text and not Path(spec.calibration_text).is_file():
@@ -179,6 +184,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         notes.append(why)
         events.log(why)
     check_targets_free(spec, hub, targets)
+    texts = job_texts(spec, workdir, calibrated=bool(int4_method and int4_method.calibrated))
     upload_as_it_goes = streaming and spec.push and spec.local_dir is None
     layerwise_bytes, layerwise = 0, False
     if streaming:
@@ -226,6 +232,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         layerwise=layerwise,
         shares=shares,
         has_experts=bool(planned_expert_weights(info.config)),
+        texts=texts,
         allow_partial=spec.allow_partial,
     )
 
@@ -266,25 +273,20 @@ class Measurements:
 
 
 def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: EventStream) -> Measurements:
-    text = Path(spec.eval_text).read_text(encoding="utf-8") if spec.eval_text else default_eval_text()
+    texts = plan.texts or job_texts(spec, fetched.folder, calibrated=False)
     tokenizer = load_tokenizer(fetched.folder)
-    data = build_eval_data(tokenizer, text, spec.eval_tokens)
+    data = build_eval_data(tokenizer, texts.eval_text, spec.eval_tokens)
     calibration = None
-    if plan.int4_method and plan.int4_method.calibrated:
-        calibration_text = (
-            Path(spec.calibration_text).read_text(encoding="utf-8")
-            if spec.calibration_text
-            else default_calibration_text()
-        )
-        calibration = calibration_ids(tokenizer, calibration_text, spec.calibration_tokens)
+    if plan.int4_method and plan.int4_method.calibrated and texts.calibration_text is not None:
+        calibration = calibration_ids(tokenizer, texts.calibration_text, spec.calibration_tokens)
     whole_source = plan.source_fits and fetched.weights_here
     reference = reference_figures(fetched.folder, plan.hardware, data, events) if whole_source else None
     return Measurements(
         data=data,
         reference=reference,
         calibration=calibration,
-        calibration_name=Path(spec.calibration_text).name if spec.calibration_text else DEFAULT_CALIBRATION_TEXT_NAME,
-        eval_name=Path(spec.eval_text).name if spec.eval_text else DEFAULT_EVAL_TEXT_NAME,
+        calibration_name=texts.calibration_name or DEFAULT_CALIBRATION_TEXT_NAME,
+        eval_name=texts.eval_name,
     )
 
 
@@ -320,6 +322,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             events=events,
             workdir=workdir,
             private=plan.private,
+            eval_name=measurements.eval_name,
         )
         for recipe in plan.recipes:
             job = RecipeJob(

