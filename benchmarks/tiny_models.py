@@ -43,6 +43,11 @@ def build_tiny_smollm3(folder: Path, tokenizer_dir: Path, shape: TinyShape = DEF
         eos_token_id=2,
         pad_token_id=2,
     )
+    return save_random(config, folder, tokenizer_dir, seed)
+
+
+def save_random(config, folder: Path, tokenizer_dir: Path, seed: int) -> Path:
+    """A model of `config` with seeded random bf16 weights, saved with the tokenizer of `tokenizer_dir`."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,9 +122,4 @@ FAMILIES: dict[str, dict] = {
 def build_tiny_family(family: str, folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     """Save a random model of `family` (a key of FAMILIES) in bf16 with the demo model's tokenizer."""
     config = AutoConfig.for_model(family, **{**TINY_BASE, **FAMILIES[family]})
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    copy_side_files(tokenizer_dir, folder)
-    return folder
+    return save_random(config, folder, tokenizer_dir, seed)
