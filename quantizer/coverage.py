@@ -8,11 +8,15 @@ output's share is measured again, so nothing below half is ever called done with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
 from .errors import InputError, QuantizationError
 from .events import EventStream
-from .experts import expert_converters, planned_expert_weights
+from .experts import expert_converters, expert_weights
 from .hardware import Hardware
-from .layers import WeightShare, generic_name, planned_share, unrunnable_linears
+from .layers import WeightShare, generic_name, meta_model, planned_share, unrunnable_linears
 from .recipes import Recipe, quantizing_experts
 from .source import SourceInfo
 
@@ -25,22 +29,44 @@ CONV1D_REASON = (
 )
 
 
+@dataclass(frozen=True)
+class Coverage:
+    shares: dict[str, WeightShare]  # quant type -> the share of the Linear-like weights it will quantize
+    has_experts: bool  # a mixture of experts with 3-D expert weights
+
+
 def planned(
-    info: SourceInfo, recipe: Recipe, hardware: Hardware, allow_partial: bool, events: EventStream
-) -> WeightShare:
-    """The share `recipe` will quantize. A type that cannot quantize the experts of a mixture of experts, or a
-    job that would quantize less than half, is refused with the reason (and the types that can quantize the
-    experts), unless `allow_partial`."""
-    unrunnable = unrunnable_linears(info.config)
+    info: SourceInfo, recipes: list[Recipe], hardware: Hardware, allow_partial: bool, events: EventStream
+) -> Coverage:
+    """The share each type will quantize, from one model built on the meta device. An architecture no type can
+    run quantized, a type that cannot quantize the experts of a mixture of experts, or one that would quantize
+    less than half, is refused with the reason (and the types that can quantize the experts), unless
+    `allow_partial`."""
+    model = meta_model(info.config)
+    unrunnable = unrunnable_linears(model)
     if unrunnable:
         what = "; ".join(f"{name} {does}" for name, does in unrunnable.items())
         raise InputError(
             f"{info.ref} has Linear layers with a forward of their own ({what}): torchao's quantized weights lack "
             "that operation, so a quantized copy could not run. No type quantizes this architecture yet."
         )
-    experts = planned_expert_weights(info.config)
+    experts = list(expert_weights(model))
+    shares = {r.name: planned_for(info, model, experts, r, hardware, allow_partial, events) for r in recipes}
+    return Coverage(shares=shares, has_experts=bool(experts))
+
+
+def planned_for(
+    info: SourceInfo,
+    model: torch.nn.Module,
+    experts: list[str],
+    recipe: Recipe,
+    hardware: Hardware,
+    allow_partial: bool,
+    events: EventStream,
+) -> WeightShare:
+    """The share `recipe` will quantize of `model`, whose 3-D expert weights are `experts`."""
     reason = recipe.experts_reason(hardware) if experts else None
-    share = planned_share(info.config, experts=bool(experts) and reason is None)
+    share = planned_share(model, experts=bool(experts) and reason is None)
     expert_kinds = list(dict.fromkeys(generic_name(name) for name in experts))
     kinds = ", ".join(expert_kinds)
     if experts and reason is None:
@@ -83,12 +109,12 @@ def check_written(share: WeightShare, quant_type: str, allow_partial: bool) -> N
     )
 
 
-def check_streaming(info: SourceInfo, recipes: list[Recipe], hardware: Hardware) -> None:
+def check_streaming(info: SourceInfo, recipes: list[Recipe], hardware: Hardware, has_experts: bool) -> None:
     """The streaming engine merges a checkpoint's per-expert tensors with transformers' own merge rules for the
     model type; a mixture of experts whose type has none (its checkpoint stores experts some other way) is
     refused rather than streamed with its experts left out."""
     quantizing = [r.name for r in recipes if r.experts_reason(hardware) is None]
-    if quantizing and planned_expert_weights(info.config) and not expert_converters(info.config["model_type"]):
+    if quantizing and has_experts and not expert_converters(info.config["model_type"]):
         raise InputError(
             f"{info.ref} is a mixture of experts too large to load here ({info.weight_bytes / 1e9:.2f} GB of "
             f"weights), and the streaming engine knows no rule to merge the per-expert tensors of its model type "

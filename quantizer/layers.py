@@ -121,17 +121,16 @@ def share_of(weights: dict[str, tuple[str, torch.Tensor]], done: set[str]) -> We
 FORWARDS_TORCHAO_CANNOT_RUN = {"FalconLinear": "computes input @ weight.T"}
 
 
-def unrunnable_linears(config_dict: dict) -> dict[str, str]:
+def unrunnable_linears(model: torch.nn.Module) -> dict[str, str]:
     """class -> what its forward does, for the quantizable Linear layers that could not run quantized."""
-    layers = quantizable_linears(meta_model(config_dict)).values()
-    names = dict.fromkeys(type(m).__name__ for m in layers)
+    names = dict.fromkeys(type(m).__name__ for m in quantizable_linears(model).values())
     return {name: FORWARDS_TORCHAO_CANNOT_RUN[name] for name in names if name in FORWARDS_TORCHAO_CANNOT_RUN}
 
 
-def planned_share(config_dict: dict, experts: bool) -> WeightShare:
-    """The share of Linear-like weights a job will quantize (nn.Linear weights, and with `experts` the 3-D
-    expert weights too; torchao quantizes no Conv1D), found from config.json on the meta device."""
-    weights = linear_like_weights(meta_model(config_dict))
+def planned_share(model: torch.nn.Module, experts: bool) -> WeightShare:
+    """The share of Linear-like weights a job will quantize in `model` (on the meta device): nn.Linear weights,
+    and with `experts` the 3-D expert weights too (torchao quantizes no Conv1D)."""
+    weights = linear_like_weights(model)
     planned = {"linear", "experts"} if experts else {"linear"}
     return share_of(weights, {name for name, (kind, _) in weights.items() if kind in planned})
 

@@ -22,7 +22,7 @@ from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
 from .events import Event, EventStream
-from .experts import covering, planned_expert_weights
+from .experts import covering
 from .hardware import Hardware, PeakGPU, PeakRSS, available_memory_bytes, detect, folder_bytes
 from .hub import AuthError, Hub, Identity, Upload
 from .hub_texts import JobTexts, job_texts
@@ -69,7 +69,7 @@ class Plan:
     layerwise: bool = False  # streamed: both models also run one decoder layer at a time (when memory allows)
     shares: dict[str, WeightShare] = field(default_factory=dict)  # quant type -> its planned share of the weights
     has_experts: bool = False  # a mixture of experts with 3-D expert weights
-    texts: JobTexts | None = None  # what the job is evaluated and calibrated on
+    texts: JobTexts  # what the job is evaluated and calibrated on
     allow_partial: bool = False  # keep an output with less than half of its Linear-like weights quantized
 
     def quantizes_experts(self, recipe: Recipe) -> bool:
@@ -149,7 +149,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             f"{info.ref} has {human_bytes(info.weight_bytes)} of weights; this Space takes sources up to "
             f"{human_bytes(spec.max_source_bytes)}: duplicate the Space onto larger hardware, or use the CLI."
         )
-    shares = {r.name: coverage.planned(info, r, hardware, spec.allow_partial, events) for r in recipes}
+    covered = coverage.planned(info, recipes, hardware, spec.allow_partial, events)
     private = spec.private if spec.private is not None else (info.private or info.gated)
     if spec.push:
         targets = push_targets(spec, identity, info, recipes)
@@ -171,7 +171,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
     streaming = spec.streaming if spec.streaming is not None else not source_fits
     if streaming:
         check_streamable(info)
-        coverage.check_streaming(info, recipes, hardware)
+        coverage.check_streaming(info, recipes, hardware, covered.has_experts)
         events.log(
             f"streaming engine: one shard at a time ({info.weight_bytes / 1e9:.2f} GB of weights"
             f"{'' if source_fits else ', more than this machine can load at once'})"
@@ -230,8 +230,8 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         private=private,
         upload_as_it_goes=upload_as_it_goes,
         layerwise=layerwise,
-        shares=shares,
-        has_experts=bool(planned_expert_weights(info.config)),
+        shares=covered.shares,
+        has_experts=covered.has_experts,
         texts=texts,
         allow_partial=spec.allow_partial,
     )
@@ -273,7 +273,7 @@ class Measurements:
 
 
 def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: EventStream) -> Measurements:
-    texts = plan.texts or job_texts(spec, fetched.folder, calibrated=False)
+    texts = plan.texts
     tokenizer = load_tokenizer(fetched.folder)
     data = build_eval_data(tokenizer, texts.eval_text, spec.eval_tokens)
     calibration = None

@@ -39,20 +39,15 @@ def quantize_gptq(
     h[dead, dead] = 1
     w[:, dead] = 0
     groups = k // group_size
-    static = None
-    if act_order:
-        scale_all, zero_all = params(w.reshape(n, groups, group_size), weight.dtype)
-        static = (scale_all, zero_all)
+    if act_order:  # static groups: every group's qparams now, columns in order of their Hessian diagonal
+        scales, zeros = params(w.reshape(n, groups, group_size), weight.dtype)
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
     else:
-        perm = torch.arange(k)
+        scales = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
+        zeros = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
     h_inv = inverse_cholesky(h, damp)
     q = torch.zeros(n, k, device=w.device)
-    scales = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
-    zeros = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
-    if static is not None:
-        scales, zeros = static
     scale = zero = None
     for start in range(0, k, block):
         end = min(start + block, k)
@@ -61,7 +56,7 @@ def quantize_gptq(
         h_block = h_inv[start:end, start:end]
         for i in range(end - start):
             column = start + i
-            if static is not None:
+            if act_order:
                 g = int(perm[column]) // group_size
                 scale, zero = scales[:, g], zeros[:, g]
             elif column % group_size == 0:  # qparams from the group's current, error-updated weights
@@ -75,7 +70,7 @@ def quantize_gptq(
             w_block[:, i:] -= err.unsqueeze(1) * h_block[i, i:].unsqueeze(0)
             errors[:, i] = err
         w[:, end:] -= errors @ h_inv[start:end, end:]
-    if static is not None:
+    if act_order:
         q = q[:, torch.argsort(perm)]
     return GroupQuant(q.to(torch.int8), scales, zeros)
 

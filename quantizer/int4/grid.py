@@ -27,11 +27,12 @@ class GroupQuant:
         return (self.qdata.float() - z) * s
 
 
-def asym_params(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of `w` ([N, g] or [N, K/g, g] on the last dim), rounded to `dtype`."""
+def asym_params(w: torch.Tensor, dtype: torch.dtype, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of `w` ([N, g] or [N, K/g, g] on the last dim), rounded to `dtype`; with
+    `shrink` < 1 the range min..max is shrunk towards zero by that factor (the values beyond it are clipped)."""
     low, high = w.amin(-1), w.amax(-1)
-    scale = ((high - low) / (QMAX - QMIN)).clamp(min=1e-8).to(dtype)
-    zero = (QMIN - low / scale.float()).to(dtype)
+    scale = ((high - low) * shrink / (QMAX - QMIN)).clamp(min=1e-8).to(dtype)
+    zero = (QMIN - low * shrink / scale.float()).to(dtype)
     return scale, zero
 
 
@@ -39,14 +40,11 @@ CLIP_SHRINKS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75)  # ranges tried by the clipping
 
 
 def clipped_params(w: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `asym_params`, but each group's range shrunk towards zero by the factor of CLIP_SHRINKS that gives the
-    least squared rounding error: clipping a few outliers buys finer steps for the rest (GPTQ's `mse` option)."""
-    low, high = w.amin(-1), w.amax(-1)
-    best_scale, best_zero = asym_params(w, dtype)
-    best_error = None
+    """`asym_params` with the factor of CLIP_SHRINKS that gives each group the least squared rounding error:
+    clipping a few outliers buys finer steps for the rest (GPTQ's `mse` option)."""
+    best_scale = best_zero = best_error = None
     for shrink in CLIP_SHRINKS:
-        scale = ((high - low) * shrink / (QMAX - QMIN)).clamp(min=1e-8).to(dtype)
-        zero = (QMIN - low * shrink / scale.float()).to(dtype)
+        scale, zero = asym_params(w, dtype, shrink)
         q = round_to_grid(w, scale.unsqueeze(-1), zero.unsqueeze(-1))
         error = ((q - zero.float().unsqueeze(-1)) * scale.float().unsqueeze(-1) - w).pow(2).sum(-1)
         if best_error is None:
