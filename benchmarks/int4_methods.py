@@ -1,13 +1,14 @@
 """int4 methods on held-out text: bf16, torchao's rtn, asym and GPTQ on an off-grid SmolLM2-135M, in one run.
 
-    python -m benchmarks.int4_methods [--group-size 32] [--eval-tokens 8192] [--held-out pydoc packages licenses]
+    python -m benchmarks.int4_methods [--group-size 32] [--eval-tokens 8192] [--held-out pydoc packages ...]
 
 For each held-out domain (one of `quantizer.texts.SOURCES`), every method goes through the real
 pipeline (quantize, save, stock reload, verify), evaluated on that domain's text and, for GPTQ,
 calibrated on the other domains mixed: the text a method is measured on is never of a domain it was
-tuned on. On the first domain, the job's default, the calibrated methods are also written in the
-truly 4-bit tile-packed format and measured the same way. Prints markdown tables and writes
-benchmarks/results/int4_methods.{md,json}.
+tuned on. The GPTQ rows include its ablations (`quantizer.int4.ABLATIONS`: without act-order, without
+the clipping search, without both), so each part's worth is measured on every held-out domain. On the
+first domain, the job's default, asym and GPTQ are also written in the truly 4-bit tile-packed format
+and measured the same way. Prints markdown tables and writes benchmarks/results/int4_methods.{md,json}.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from benchmarks.offgrid import build_offgrid
 from quantizer.cli import quiet_libraries
 from quantizer.demo import cache_root, prepare
+from quantizer.int4 import ABLATIONS, method_description
 from quantizer.layers import planned_linear_layers
 from quantizer.pipeline import JobSpec, run
 from quantizer.report import human_bytes
@@ -28,6 +30,7 @@ from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name, mixed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKED = "int4_tile_packed"
+PACKED_METHODS = ("asym", "gptq")
 
 
 def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_type: str, args) -> dict:
@@ -85,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--eval-tokens", type=int, default=8192)
-    parser.add_argument("--methods", nargs="+", default=["rtn", "asym", "gptq"])
+    parser.add_argument("--methods", nargs="+", default=["rtn", "asym", *ABLATIONS, "gptq"])
     parser.add_argument("--quant-type", default="int4_weight_only")
-    parser.add_argument("--held-out", nargs="+", default=[EVAL_SOURCE, "packages", "licenses"], choices=SOURCES)
+    domains = [EVAL_SOURCE, *(name for name in SOURCES if name != EVAL_SOURCE)]
+    parser.add_argument("--held-out", nargs="+", default=domains, choices=SOURCES)
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True, help="tile-packed rows too")
     parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_methods.md and .json go")
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             texts["calibration"].write_text(mixed(calibration), encoding="utf-8")
             jobs = [(method, args.quant_type) for method in args.methods]
             if number == 0 and args.packed:
-                jobs += [(method, PACKED) for method in args.methods if method != "rtn"]
+                jobs += [(method, PACKED) for method in args.methods if method in PACKED_METHODS]
             rows = [measure(source, Path(tmp) / f"out-{held_out}", texts, m, t, args) for m, t in jobs]
             print("\n".join(table(rows, linear_params)), flush=True)
             heading = (
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{model}, group size {args.group_size}, {linear_params / 1e6:.1f}M Linear parameters; 2-core CPU. "
         "Each table: perplexity on a domain no calibration text came from."
     )
+    legend = [f"- {name}: {method_description(name)}" for name in args.methods if name in ABLATIONS]
+    if legend:
+        header += "\n\nGPTQ's ablations (gptq is the default, with both parts):\n\n" + "\n".join(legend)
     text = header + "\n\n" + "\n\n".join(sections) + "\n"
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)

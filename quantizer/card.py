@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .hardware import Hardware
 from .hub import repo_url
-from .int4 import METHODS
+from .int4 import method_description
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
@@ -72,7 +72,7 @@ def render(
         torchao_config=result.torchao_config,
         group_size=result.group_size,
         int4_method=result.int4_method,
-        int4_method_text=METHODS[result.int4_method].description if result.int4_method in METHODS else "",
+        int4_method_text=method_description(result.int4_method),
         format=result.format,
         made_on=made_on_hardware.name,
         runs_on=runs_on,

@@ -1,11 +1,12 @@
 """The texts every job measures and calibrates on, and the fixed token batches cut from them.
 
 A leaf module: verification, int4 calibration, the pipeline and the benchmarks all read it. All the
-built-in texts are real English that ships with Python and the installed packages (`SOURCES`):
-Python's pydoc topics (the language reference), the installed packages' descriptions (product and
-technical prose by many authors) and their license texts (legal prose). GPTQ calibrates on the
-descriptions and licenses mixed, and jobs are measured on the pydoc topics, a domain calibration never
-saw: a card's int4 figure is on held-out text, not on text like what the values were tuned on.
+built-in texts are real English that ships with Python and the packages requirements.txt pins
+(`SOURCES`): Python's pydoc topics (the language reference), the packages' descriptions (product and
+technical prose by many authors), their license texts (legal prose) and the ChatterBot dialog corpus
+(conversation). GPTQ calibrates on the descriptions, licenses and dialog mixed, and jobs are measured on
+the pydoc topics, a domain calibration never saw: a card's int4 figure is on held-out text, not on text
+like what the values were tuned on.
 """
 
 from __future__ import annotations
@@ -81,6 +82,28 @@ def license_texts() -> str:
     return "\n\n".join(dict.fromkeys(t for t in texts if len(t) > 200))
 
 
+# the ChatterBot corpus's English categories, but its Python code answers: Python is the evaluation text's domain
+DIALOG_PACKAGE = "chatterbot_corpus"
+DIALOG_SKIPPED = ("coding.yml",)
+
+
+def dialog_corpus() -> str:
+    """The English conversations of the ChatterBot dialog corpus (a pinned data package, BSD-3-Clause): one
+    utterance a line, a blank line between conversations, categories in name order."""
+    import importlib.resources
+
+    import yaml
+
+    folder = importlib.resources.files(DIALOG_PACKAGE) / "data" / "english"
+    conversations = []
+    for file in sorted(folder.iterdir(), key=lambda f: f.name):
+        if not file.name.endswith(".yml") or file.name in DIALOG_SKIPPED:
+            continue
+        for turns in yaml.safe_load(file.read_text(encoding="utf-8")).get("conversations") or []:
+            conversations.append("\n".join(str(turn).strip() for turn in turns))
+    return "\n\n".join(conversations)
+
+
 @dataclass(frozen=True)
 class TextSource:
     name: str
@@ -94,10 +117,11 @@ SOURCES = {
         TextSource("pydoc", "Python's pydoc topics (the language reference)", pydoc_topics),
         TextSource("packages", "descriptions of the Python packages this project pins", package_descriptions),
         TextSource("licenses", "license texts of the Python packages this project pins", license_texts),
+        TextSource("dialog", "the ChatterBot English dialog corpus (conversations)", dialog_corpus),
     )
 }
 EVAL_SOURCE = "pydoc"
-CALIBRATION_SOURCES = ("packages", "licenses")  # never the evaluation text's domain
+CALIBRATION_SOURCES = ("packages", "licenses", "dialog")  # never the evaluation text's domain
 
 
 def mixed(names: tuple[str, ...]) -> str:
@@ -115,7 +139,8 @@ def mix_name(names: tuple[str, ...]) -> str:
 
 DEFAULT_EVAL_TEXT_NAME = f"{SOURCES[EVAL_SOURCE].domain}, a domain the calibration text does not cover"
 DEFAULT_CALIBRATION_TEXT_NAME = (
-    "the descriptions and license texts of the Python packages this project pins, mixed (no Python documentation)"
+    "the descriptions and license texts of the Python packages this project pins and the ChatterBot English dialog "
+    "corpus, mixed (no Python documentation)"
 )
 
 
@@ -125,7 +150,7 @@ def default_eval_text() -> str:
 
 
 def default_calibration_text() -> str:
-    """Broad English from the installed packages: product and technical prose and legal prose, mixed."""
+    """Broad English from the pinned packages: product and technical prose, legal prose and dialog, mixed."""
     return mixed(CALIBRATION_SOURCES)
 
 

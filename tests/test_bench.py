@@ -62,22 +62,26 @@ def test_the_guide_quotes_the_committed_results():
 
 
 def test_the_int4_methods_benchmark_runs_end_to_end(tiny_model, tmp_path):
-    """The benchmark behind the guide's int4 table, on a tiny model and the two instant methods."""
+    """The benchmark behind the guide's int4 table, on a tiny model, the two instant methods and a GPTQ ablation
+    (through the real pipeline, calibrated on the other domains)."""
     from benchmarks import int4_methods
 
-    argv = ["--source", str(tiny_model()), "--methods", "rtn", "asym", "--eval-tokens", "512", "--group-size", "32"]
+    methods = ["rtn", "asym", "gptq-plain"]
+    argv = ["--source", str(tiny_model()), "--methods", *methods, "--eval-tokens", "512", "--group-size", "32"]
     assert int4_methods.main([*argv, "--held-out", "pydoc", "licenses", "--results", str(tmp_path)]) == 0
     runs = json.loads((tmp_path / "int4_methods.json").read_text())["runs"]
     assert [(r["held_out"], r["calibration"]) for r in runs] == [
-        ("pydoc", ["packages", "licenses"]),
-        ("licenses", ["pydoc", "packages"]),
+        ("pydoc", ["packages", "licenses", "dialog"]),
+        ("licenses", ["pydoc", "packages", "dialog"]),
     ]
     assert [(r["method"], r["quant_type"]) for r in runs[0]["rows"]] == [
         ("rtn", "int4_weight_only"),
         ("asym", "int4_weight_only"),
+        ("gptq-plain", "int4_weight_only"),
         ("asym", "int4_tile_packed"),  # the held-out default domain also gets the truly 4-bit format
     ]
     assert all(math.isfinite(r["ppl"]) for run in runs for r in run["rows"])
     text = (tmp_path / "int4_methods.md").read_text()
     assert "Held out: license texts of the Python packages this project pins" in text
     assert "| asym | int4_tile_packed |" in text
+    assert "- gptq-plain: GPTQ without act-order or the clipping search" in text

@@ -14,6 +14,7 @@ from quantizer.texts import (
     CALIBRATION_SOURCES,
     DEFAULT_CALIBRATION_TOKENS,
     DEFAULT_EVAL_TEXT_NAME,
+    DIALOG_PACKAGE,
     EVAL_SOURCE,
     MIX_CHUNK,
     SOURCES,
@@ -102,6 +103,7 @@ def test_calibration_is_broad_english_of_other_domains_than_the_evaluation_text(
     # nothing of the evaluation text's domain: no pydoc topic's opening lines appear in the calibration text
     topics = __import__("pydoc_data.topics", fromlist=["topics"]).topics
     assert EVAL_SOURCE not in CALIBRATION_SOURCES
+    assert not [marker for marker in ("```", "def ", "import ") if marker in SOURCES["dialog"].read()]  # no code
     assert not [key for key, text in topics.items() if len(text) > 400 and text[:300] in calibration]
     assert "a domain the calibration text does not cover" in DEFAULT_EVAL_TEXT_NAME
 
@@ -110,4 +112,5 @@ def test_calibration_packages_are_pinned_by_requirements():
     """The calibration text is read from these packages only, so it is the same wherever the project is
     installed: each must be pinned at runtime (a dropped pin must leave the list)."""
     pins = [line.split("==")[0].split("[")[0] for line in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert set(CALIBRATION_PACKAGES) <= {p for p in pins if p and not p.startswith("#")}
+    pinned = {p.replace("-", "_").lower() for p in pins if p and not p.startswith("#")}
+    assert {p.lower() for p in (*CALIBRATION_PACKAGES, DIALOG_PACKAGE, "pyyaml")} <= pinned

@@ -66,11 +66,17 @@ class AsymRoundToNearest(Int4Method):
         return quantize_asym(weight, group_size)
 
 
+@dataclass(frozen=True, kw_only=True)
 class GPTQ(Int4Method):
+    act_order: bool = True  # columns in order of their inputs' size
+    clip: bool = True  # each group's range by the clipping search
+
     def quantize_model(self, model, linears, group_size, calibration, progress) -> dict[str, GroupQuant]:
         if calibration is None:
             raise ValueError("gptq needs calibration tokens")
-        return gptq.gptq_model(model, list(linears), group_size, calibration, progress)
+        return gptq.gptq_model(
+            model, list(linears), group_size, calibration, progress, act_order=self.act_order, clip=self.clip
+        )
 
     def quantize_tensor(self, weight: torch.Tensor, group_size: int) -> GroupQuant:
         raise ValueError("gptq calibrates layer by layer on the whole model; it cannot quantize one tensor alone")
@@ -97,15 +103,44 @@ GPTQ_METHOD = GPTQ(
     streams=False,
 )
 METHODS: dict[str, Int4Method] = {m.name: m for m in (RTN, ASYM, GPTQ_METHOD)}
+
+
+def _gptq_without(name: str, what: str, **parts: bool) -> GPTQ:
+    return GPTQ(
+        name=name,
+        description=f"GPTQ without {what}, for comparison",
+        seconds_per_param=GPTQ_METHOD.seconds_per_param,
+        calibrated=True,
+        streams=False,
+        **parts,
+    )
+
+
+# GPTQ with a part of the default off, so `benchmarks.int4_methods` shows what each part buys through the real
+# pipeline: reachable by name (a JobSpec, the API), not offered by the form or the command line
+ABLATIONS: dict[str, Int4Method] = {
+    m.name: m
+    for m in (
+        _gptq_without("gptq-plain", "act-order or the clipping search", act_order=False, clip=False),
+        _gptq_without("gptq-no-clip", "the clipping search", clip=False),
+        _gptq_without("gptq-no-act-order", "act-order", act_order=False),
+    )
+}
 DEFAULT_METHOD = GPTQ_METHOD  # when it fits the time budget
 FALLBACK_METHOD = ASYM  # when it does not, or the model streams
 
 
 def get_method(name: str) -> Int4Method:
     try:
-        return METHODS[name]
+        return METHODS.get(name) or ABLATIONS[name]
     except KeyError:
         raise InputError(f"unknown int4 method '{name}': choose one of {', '.join(METHODS)}.") from None
+
+
+def method_description(label: str | None) -> str:
+    """What a method (by the label a result stores) does; empty for torchao's own GPU kernels' labels."""
+    method = METHODS.get(label or "") or ABLATIONS.get(label or "")
+    return method.description if method else ""
 
 
 def budget_seconds() -> float:
