@@ -98,7 +98,7 @@ GPTQ_METHOD = GPTQ(
     description="GPTQ on calibration text (error-compensating, columns in order of input size, each group's range "
     "by a clipping search, asymmetric float zero points); the most accurate, about 0.3 s per million parameters "
     "on 2 CPU cores",
-    seconds_per_param=0.3e-6,  # off-grid SmolLM2-135M, 106.2M Linear parameters, 31.1-34.4 s: benchmarks/int4_methods
+    seconds_per_param=0.3e-6,  # off-grid SmolLM2-135M, 106.2M Linear parameters, 28.6-31.7 s: benchmarks/int4_methods
     calibrated=True,
     streams=False,
 )
