@@ -9,6 +9,7 @@ split or column is refused before any work.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,26 +69,47 @@ def dataset_text(ref: DatasetRef, token: str | None, cache_dir: Path, tokens: in
     return "".join(pieces)
 
 
+def chosen_text(
+    dataset: DatasetRef | None,
+    file: Path | None,
+    default: Callable[[], str],
+    default_name: str,
+    *,
+    spec: JobSpec,
+    workdir: Path,
+    tokens: int,
+) -> tuple[str, str]:
+    """One of a job's texts and its name: the dataset's rows, else the file's text, else the built-in text."""
+    if dataset:
+        return dataset_text(dataset, spec.token, workdir / "datasets", tokens), dataset.name
+    if file:
+        return Path(file).read_text(encoding="utf-8"), Path(file).name
+    return default(), default_name
+
+
 def job_texts(spec: JobSpec, workdir: Path, calibrated: bool) -> JobTexts:
     """The job's evaluation text and, for a calibrated method, its calibration text, each with its name."""
-    cache = workdir / "datasets"
     rows, cols = LOGITS_BATCH
-    if spec.eval_dataset:
-        eval_text = dataset_text(spec.eval_dataset, spec.token, cache, spec.eval_tokens + rows * cols)
-        eval_name = spec.eval_dataset.name
-    elif spec.eval_text:
-        eval_text, eval_name = Path(spec.eval_text).read_text(encoding="utf-8"), Path(spec.eval_text).name
-    else:
-        eval_text, eval_name = default_eval_text(), DEFAULT_EVAL_TEXT_NAME
+    eval_text, eval_name = chosen_text(
+        spec.eval_dataset,
+        spec.eval_text,
+        default_eval_text,
+        DEFAULT_EVAL_TEXT_NAME,
+        spec=spec,
+        workdir=workdir,
+        tokens=spec.eval_tokens + rows * cols,
+    )
     calibration_text = calibration_name = None
-    if calibrated and spec.calibration_dataset:
-        calibration_text = dataset_text(spec.calibration_dataset, spec.token, cache, spec.calibration_tokens)
-        calibration_name = spec.calibration_dataset.name
-    elif calibrated and spec.calibration_text:
-        calibration_text = Path(spec.calibration_text).read_text(encoding="utf-8")
-        calibration_name = Path(spec.calibration_text).name
-    elif calibrated:
-        calibration_text, calibration_name = default_calibration_text(), DEFAULT_CALIBRATION_TEXT_NAME
+    if calibrated:
+        calibration_text, calibration_name = chosen_text(
+            spec.calibration_dataset,
+            spec.calibration_text,
+            default_calibration_text,
+            DEFAULT_CALIBRATION_TEXT_NAME,
+            spec=spec,
+            workdir=workdir,
+            tokens=spec.calibration_tokens,
+        )
     return JobTexts(
         eval_text=eval_text,
         eval_name=eval_name,

@@ -38,7 +38,6 @@ from .source import Fetched, Source, SourceInfo, open_source
 from .spec import JobSpec
 from .streaming import stream_quantize
 from .texts import (
-    DEFAULT_CALIBRATION_TEXT_NAME,
     EvalData,
     build_eval_data,
     calibration_ids,
@@ -75,7 +74,7 @@ class Plan:
     def quantizes_experts(self, recipe: Recipe) -> bool:
         return self.has_experts and recipe.experts_reason(self.hardware) is None
 
-    def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None, calibration_name: str) -> Int4Choice | None:
+    def int4_for(self, recipe: Recipe, calibration: torch.Tensor | None) -> Int4Choice | None:
         """The int4 method and format of one type on this job; None for the types that are not int4."""
         storage = recipe.int4_format(self.hardware)
         if storage is None:
@@ -87,7 +86,7 @@ class Plan:
             group_size=self.group_size,
             dynamic_activations=recipe.dynamic_activations,
             calibration=calibration if method.calibrated else None,
-            calibration_name=calibration_name,
+            calibration_name=self.texts.calibration_name,
         )
 
 
@@ -267,9 +266,7 @@ class Measurements:
 
     data: EvalData
     reference: Figures | None  # the source's figures; None when the source is never in memory as a whole
-    calibration: torch.Tensor | None
-    calibration_name: str
-    eval_name: str
+    calibration: torch.Tensor | None  # token ids of plan.texts.calibration_text; None: no calibrated method
 
 
 def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: EventStream) -> Measurements:
@@ -277,7 +274,7 @@ def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: Ev
     tokenizer = load_tokenizer(fetched.folder)
     data = build_eval_data(tokenizer, texts.eval_text, spec.eval_tokens)
     calibration = None
-    if plan.int4_method and plan.int4_method.calibrated and texts.calibration_text is not None:
+    if texts.calibration_text is not None:  # only a job with a calibrated int4 method has one
         calibration = calibration_ids(tokenizer, texts.calibration_text, spec.calibration_tokens)
     whole_source = plan.source_fits and fetched.weights_here
     reference = reference_figures(fetched.folder, plan.hardware, data, events) if whole_source else None
@@ -285,8 +282,6 @@ def prepare_measurements(spec: JobSpec, plan: Plan, fetched: Fetched, events: Ev
         data=data,
         reference=reference,
         calibration=calibration,
-        calibration_name=texts.calibration_name or DEFAULT_CALIBRATION_TEXT_NAME,
-        eval_name=texts.eval_name,
     )
 
 
@@ -310,9 +305,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         measurements = prepare_measurements(spec, plan, fetched, events)
         if measurements.reference:
             report.ppl_source, report.sample_source = measurements.reference.ppl, measurements.reference.sample
-        report.eval_text = measurements.eval_name
-        if measurements.calibration is not None:
-            report.calibration_text = measurements.calibration_name
+        report.eval_text, report.calibration_text = plan.texts.eval_name, plan.texts.calibration_name
         report.seconds = events.seconds_for(None)
         publisher = Publisher(
             spec=spec,
@@ -322,7 +315,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             events=events,
             workdir=workdir,
             private=plan.private,
-            eval_name=measurements.eval_name,
+            eval_name=plan.texts.eval_name,
         )
         for recipe in plan.recipes:
             job = RecipeJob(
@@ -364,7 +357,7 @@ class RecipeJob:
     def run(self, tracker: Tracker) -> RecipeResult:
         publisher = self.publisher
         recipe, events = self.recipe, self.events
-        int4_choice = self.plan.int4_for(recipe, self.measurements.calibration, self.measurements.calibration_name)
+        int4_choice = self.plan.int4_for(recipe, self.measurements.calibration)
         config = recipe.config(self.plan.hardware, self.plan.group_size)
         if int4_choice:
             config = int4_choice.config(config)

@@ -13,7 +13,6 @@ import torch
 from torchao.core.config import AOBaseConfig
 
 from ..layers import quantizable_linears
-from ..texts import DEFAULT_CALIBRATION_TEXT_NAME
 from .formats import Int4Format
 from .methods import Int4Method
 
@@ -25,7 +24,7 @@ class Int4Choice:
     group_size: int
     dynamic_activations: bool
     calibration: torch.Tensor | None = None  # token ids [rows, seq_len], for a calibrated method
-    calibration_name: str = DEFAULT_CALIBRATION_TEXT_NAME
+    calibration_name: str | None = None  # what `calibration` was cut from
 
     @property
     def label(self) -> str:
