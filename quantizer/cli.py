@@ -21,7 +21,12 @@ from .events import Event, EventStream, format_line
 from .pipeline import JobSpec, run
 from .report import results_table
 from .spec import WIKITEXT, DatasetRef, host_deadline_seconds
-from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
+from .texts import (
+    DEFAULT_CALIBRATION_TEXT_NAME,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_EVAL_TEXT_NAME,
+    DEFAULT_EVAL_TOKENS,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,16 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-text",
         type=Path,
         default=None,
-        help="UTF-8 text for GPTQ calibration (default: the descriptions and license texts of the pinned packages)",
+        help=f"UTF-8 text for GPTQ calibration (default: {DEFAULT_CALIBRATION_TEXT_NAME})",
     )
-    p.add_argument(
-        "--calibration-dataset",
-        metavar="REPO[:CONFIG]",
-        default=None,
-        help="calibrate GPTQ on a Hub dataset instead (read with the datasets library)",
-    )
-    p.add_argument("--calibration-split", default="train", help="the calibration dataset's split (default train)")
-    p.add_argument("--calibration-column", default="text", help="its text column (default text)")
+    add_dataset_flags(p, "calibration", "train", "calibrate GPTQ on a Hub dataset instead")
     p.add_argument(
         "--calibration-tokens",
         type=int,
@@ -87,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-partial",
         action="store_true",
-        help="go on when less than half of the Linear-like weights can be quantized (a mixture-of-experts "
-        "model's 3-D expert weights stay in the source dtype)",
+        help="go on when less than half of the Linear-like weights can be quantized (with a type that cannot "
+        "quantize a mixture of experts' 3-D expert weights, they stay in the source dtype)",
     )
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
@@ -110,18 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--eval-text",
         type=Path,
         default=None,
-        help="UTF-8 text for perplexity (default: Python's pydoc topics, real English prose)",
+        help=f"UTF-8 text for perplexity (default: {DEFAULT_EVAL_TEXT_NAME})",
     )
-    p.add_argument(
-        "--eval-dataset",
-        metavar="REPO[:CONFIG]",
-        nargs="?",
-        const=WIKITEXT,
-        default=None,
-        help=f"measure perplexity on a Hub dataset instead (alone: {WIKITEXT}, as torchao's published tables)",
+    add_dataset_flags(
+        p,
+        "eval",
+        "test",
+        f"measure perplexity on a Hub dataset instead; alone, {WIKITEXT} as torchao's published tables",
+        alone=WIKITEXT,
     )
-    p.add_argument("--eval-split", default="test", help="the evaluation dataset's split (default test)")
-    p.add_argument("--eval-column", default="text", help="its text column (default text)")
     p.add_argument(
         "--eval-tokens",
         type=int,
@@ -176,6 +171,30 @@ def quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def add_dataset_flags(
+    p: argparse.ArgumentParser, role: str, split: str, help_text: str, alone: str | None = None
+) -> None:
+    """--{role}-dataset REPO[:CONFIG] with its --{role}-split and --{role}-column (read with `datasets`); with
+    `alone`, the flag without a value names that dataset."""
+    p.add_argument(
+        f"--{role}-dataset",
+        metavar="REPO[:CONFIG]",
+        nargs="?" if alone else None,
+        const=alone,
+        default=None,
+        help=f"{help_text} (read with the datasets library)",
+    )
+    p.add_argument(f"--{role}-split", default=split, help=f"the {role} dataset's split (default {split})")
+    p.add_argument(f"--{role}-column", default="text", help="its text column (default text)")
+
+
+def dataset_ref(args: argparse.Namespace, role: str) -> DatasetRef | None:
+    value = getattr(args, f"{role}_dataset")
+    if not value:
+        return None
+    return DatasetRef.parse(value, getattr(args, f"{role}_split"), getattr(args, f"{role}_column"))
+
+
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     return JobSpec(
         source=args.source,
@@ -189,12 +208,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         token=args.token or os.environ.get("HF_TOKEN"),
         private=args.private,
         eval_text=args.eval_text,
-        eval_dataset=DatasetRef.parse(args.eval_dataset, args.eval_split, args.eval_column)
-        if args.eval_dataset
-        else None,
-        calibration_dataset=DatasetRef.parse(args.calibration_dataset, args.calibration_split, args.calibration_column)
-        if args.calibration_dataset
-        else None,
+        eval_dataset=dataset_ref(args, "eval"),
+        calibration_dataset=dataset_ref(args, "calibration"),
         eval_tokens=args.eval_tokens,
         debug=args.debug,
         int4_method=args.int4_method,
