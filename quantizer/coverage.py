@@ -14,9 +14,9 @@ import torch
 
 from .errors import InputError, QuantizationError
 from .events import EventStream
-from .experts import expert_converters, expert_weights
+from .experts import expert_converters
 from .hardware import Hardware
-from .layers import WeightShare, generic_name, meta_model, planned_share, unrunnable_linears
+from .layers import WeightShare, expert_weights, generic_name, meta_model, planned_share, unrunnable_linears
 from .recipes import Recipe, quantizing_experts
 from .source import SourceInfo
 

@@ -25,12 +25,7 @@ from torchao.quantization import FqnToConfig, quantize_
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightConverter, WeightRenaming
 
-from .layers import meta_model, quantizable_linears
-
-
-def expert_weights(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
-    """The 3-D parameters of a model: the experts of a mixture of experts (an nn.Linear weight is 2-D)."""
-    return {name: param for name, param in model.named_parameters() if param.dim() == 3}
+from .layers import expert_weights, meta_model, quantizable_linears
 
 
 def planned_expert_weights(config_dict: dict) -> dict[str, torch.Size]:

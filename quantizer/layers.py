@@ -42,6 +42,11 @@ def quantizable_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     }
 
 
+def expert_weights(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """The 3-D parameters of a model: the experts of a mixture of experts (an nn.Linear weight is 2-D)."""
+    return {name: param for name, param in model.named_parameters() if param.dim() == 3}
+
+
 def decoder_layers(model: torch.nn.Module) -> tuple[str, torch.nn.ModuleList]:
     """The decoder layers and their name ("model.layers"; "gpt_neox.layers", "transformer.h" elsewhere): the
     first ModuleList as long as the model has layers."""
@@ -102,7 +107,7 @@ def linear_like_weights(model: torch.nn.Module) -> dict[str, tuple[str, torch.Te
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear | Conv1D) and should_convert_module(name, keep):
             found[f"{name}.weight"] = ("linear" if isinstance(module, torch.nn.Linear) else "conv1d", module.weight)
-    found.update({n: ("experts", p) for n, p in model.named_parameters() if p.dim() == 3})
+    found.update({n: ("experts", p) for n, p in expert_weights(model).items()})
     return found
 
 
@@ -151,5 +156,5 @@ def count_linear_layers(model: torch.nn.Module) -> LayerCount:
                 quantized += 1
             else:
                 skipped.append(name)
-    experts = sum(isinstance(p, TorchAOBaseTensor) for p in model.parameters() if p.dim() == 3)
+    experts = sum(isinstance(p, TorchAOBaseTensor) for p in expert_weights(model).values())
     return LayerCount(quantized=quantized + experts, skipped=tuple(skipped), share=measured_share(model))

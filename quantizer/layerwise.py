@@ -32,7 +32,7 @@ from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_s
 
 from .int4.gptq import capture_layer_inputs, first
 from .int4.packed import cpu_runnable
-from .layers import decoder_layers, meta_model
+from .layers import decoder_layers, expert_weights, meta_model
 from .texts import WINDOW, EvalData
 
 # perplexity tokens x model parameters a layer-by-layer run may spend: all 2048 default tokens up to about
@@ -78,7 +78,7 @@ class LayerwiseEvaluator:
         self.stopped: str | None = None  # why the evaluator gave up, if it did
         if prefix != "model.layers" or not hasattr(self.skeleton.model, "norm"):
             self.stopped = f"the layer-by-layer check runs models laid out as model.layers and model.norm, not {prefix}"
-        elif any(p.dim() == 3 for p in self.params.values()):
+        elif expert_weights(self.skeleton):
             self.stopped = (
                 "the layer-by-layer check does not read a mixture of experts' per-expert checkpoint tensors yet"
             )
