@@ -5,11 +5,10 @@
 Each family's tiny random model (two layers, the demo model's tokenizer) goes through
 `quantizer.cli.main` as a user runs it (--save-only, no tracking), one job asking for every type: a
 type the job refuses before loading records the reason and leaves the job; a type it runs is
-quantized, saved, reloaded by stock
-transformers and compared with the source by the job's own verification (logits relative error and
-top-1 agreement on a fixed batch), and the share of the Linear-like weights it quantized is read from
-the report. Writes results/architectures.{json,md}; tests/test_architectures.py runs the same matrix
-and checks this file against it.
+quantized, saved, reloaded by stock transformers and compared with the source by the job's own
+verification (logits relative error and top-1 agreement on a fixed batch), and the share of the
+Linear-like weights it quantized is read from the report. Writes results/architectures.{json,md};
+tests/test_families.py runs the same matrix and checks this file against it.
 """
 
 from __future__ import annotations
