@@ -30,6 +30,7 @@ import torch
 from safetensors import safe_open
 from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
 
+from .compute import compute_dtype, for_compute, stored_dtype
 from .int4.gptq import capture_layer_inputs, first
 from .int4.packed import cpu_runnable
 from .layers import decoder_layers, expert_weights, meta_model
@@ -59,6 +60,7 @@ class LayerwiseEvaluator:
     def __init__(self, config_dict: dict, data: EvalData, max_pending_bytes: int) -> None:
         self.skeleton = meta_model(config_dict)
         self.config = self.skeleton.config
+        self.compute = compute_dtype(stored_dtype(config_dict), "cpu")  # one layer at a time, upcast where slower
         params = sum(p.numel() for p in self.skeleton.parameters())
         windows = max(1, min(len(data.windows), int(TOKEN_PARAMS_BUDGET // (params * WINDOW))))
         self.data = EvalData(data.windows[:windows], data.batch, data.prompt_ids)
@@ -135,7 +137,7 @@ class LayerwiseEvaluator:
             if tensor is None and name in self.source:
                 tensor = self.source[name]
             if tensor is not None:
-                _assign(model, name, cpu_runnable(tensor))
+                _assign(model, name, for_compute(cpu_runnable(tensor), self.compute))
         if self.config.tie_word_embeddings:
             model.tie_weights()
         rotary = getattr(model.model, "rotary_emb", None)
@@ -190,7 +192,7 @@ class LayerwiseEvaluator:
         layer = copy.deepcopy(self.decoder[index])
         prefix = f"{self.layer_prefix}{index}."
         for name, tensor in weights.items():
-            _assign(layer, name[len(prefix) :], cpu_runnable(tensor))
+            _assign(layer, name[len(prefix) :], for_compute(cpu_runnable(tensor), self.compute))
         left = [n for n, p in layer.named_parameters() if p.is_meta]
         if left:
             raise ValueError(f"decoder layer {index} has no weights for {left[:3]}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torchao.core.config import AOBaseConfig
 
-from . import coverage, int4, resources
+from . import compute, coverage, int4, resources
 from . import recipes as recipe_registry
 from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
@@ -70,6 +70,14 @@ class Plan:
     has_experts: bool = False  # a mixture of experts with 3-D expert weights
     texts: JobTexts  # what the job is evaluated and calibrated on
     allow_partial: bool = False  # keep an output with less than half of its Linear-like weights quantized
+    compute: str = ""  # the dtype forward passes run in, and why (`compute.reason`)
+    upcast: float = 1.0  # the source's bytes, times this, once upcast for computing
+
+    @property
+    def upcast_output(self) -> float:
+        """How many times an output's bytes a reloaded output takes once upcast (quantized weights dequantized:
+        up to float32 bytes per int4 value stored in a byte)."""
+        return 1.0 if self.upcast == 1.0 else 4.0
 
     def quantizes_experts(self, recipe: Recipe) -> bool:
         return self.has_experts and recipe.experts_reason(self.hardware) is None
@@ -166,7 +174,10 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         if note:
             notes.append(note)
             events.warn(note)
-    source_fits = resources.fits_in_memory(info.weight_bytes)
+    upcast = compute.upcast_factor(info.config, hardware.device)
+    compute_note = compute.reason(compute.stored_dtype(info.config), hardware.device)
+    events.log(compute_note)
+    source_fits = resources.fits_in_memory(info.weight_bytes, upcast)
     streaming = spec.streaming if spec.streaming is not None else not source_fits
     if streaming:
         check_streamable(info)
@@ -207,6 +218,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         streaming_shard=info.largest_weight_file if streaming else None,
         upload_as_it_goes=upload_as_it_goes,
         layerwise_bytes=layerwise_bytes if layerwise else 0,
+        upcast=upcast,
     )
     events.log(
         f"{info.weight_bytes / 1e9:.2f} GB of weights: "
@@ -233,6 +245,8 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         has_experts=covered.has_experts,
         texts=texts,
         allow_partial=spec.allow_partial,
+        compute=compute_note,
+        upcast=upcast,
     )
 
 
@@ -306,6 +320,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
         if measurements.reference:
             report.ppl_source, report.sample_source = measurements.reference.ppl, measurements.reference.sample
         report.eval_text, report.calibration_text = plan.texts.eval_name, plan.texts.calibration_name
+        report.compute = plan.compute
         report.seconds = events.seconds_for(None)
         publisher = Publisher(
             spec=spec,
@@ -363,6 +378,10 @@ class RecipeJob:
             config = int4_choice.config(config)
         result = self.new_result(config, int4_choice)
         events.log(f"{recipe.name}: {result.format}", quant_type=recipe.name)
+        kernel_note = compute.int8_matmul_note(self.plan.hardware.device) if recipe.int8_matmul else None
+        if kernel_note:
+            result.notes.append(kernel_note)
+            events.warn(kernel_note, quant_type=recipe.name)
         user = self.plan.identity.name if self.plan.identity else None
         tracker.start(self.plan.info, result, self.plan.hardware.name, user=user, private=self.plan.private)
         peak, peak_gpu = PeakRSS(), PeakGPU(self.plan.hardware)
@@ -453,7 +472,7 @@ class RecipeJob:
             "the output was uploaded as it was written"
             if plan.upload_as_it_goes
             else None
-            if resources.fits_in_memory(streamed.output_bytes)
+            if resources.fits_in_memory(streamed.output_bytes, plan.upcast_output)
             else "the output is larger than memory"
         )
         verified = verify_streamed(

@@ -50,6 +50,7 @@ class Recipe:
     formats: tuple[tuple[str, str], ...] = ()  # (device or "any", what is stored and where it loads)
     int4_formats: tuple[tuple[str, Int4Format], ...] = ()  # (device or "any", how int4 values are stored)
     dynamic_activations: bool = False
+    int8_matmul: bool = False  # runs int8 x int8 matmuls (torch._int_mm), which saturate on CPUs without VNNI
     # mixture-of-experts models: the devices where its torchao config quantizes the 3-D expert weights (checked by
     # tests/test_families.py), why it cannot elsewhere, and the experts forward stock transformers must use
     experts_on: tuple[str, ...] = ()
@@ -158,6 +159,7 @@ RECIPES: dict[str, Recipe] = {
             "int8 kernels",
             build=lambda hw, g: Int8DynamicActivationInt8WeightConfig(),
             formats=(("any", "Int8Tensor with dynamic int8 activations; loads on CPU and CUDA"),),
+            int8_matmul=True,
             **INT8_EXPERTS,
         ),
         Recipe(

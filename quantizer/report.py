@@ -76,6 +76,7 @@ class Report:
     sample_source: str | None = None
     eval_text: str | None = None  # what perplexity, logits and top-1 were measured on
     calibration_text: str | None = None  # what a calibrated int4 method was tuned on (None: no calibration)
+    compute: str | None = None  # the dtype forward passes ran in, and why (`compute.reason`)
     error: str | None = None  # a failure before any recipe ran
     tracking: str | None = None  # where the Trackio runs were recorded
 

@@ -23,9 +23,10 @@ class Need:
     bytes: int
 
 
-def memory_for_whole_model(weight_bytes: int) -> int:
-    """What loading the source as a whole (the standard path and the reference pass) takes."""
-    return int(weight_bytes * MEMORY_FACTOR) + RUNTIME_BYTES
+def memory_for_whole_model(weight_bytes: int, upcast: float = 1.0) -> int:
+    """What loading the source as a whole (the standard path and the reference pass) takes; `upcast` is how many
+    times its bytes it takes once upcast for computing (`compute.upcast_factor`: 2 for bf16 run in float32)."""
+    return int(weight_bytes * upcast * MEMORY_FACTOR) + RUNTIME_BYTES
 
 
 def streaming_memory(largest_shard: int) -> int:
@@ -43,8 +44,8 @@ def layerwise_memory(largest_shard: int, config: dict, tokens: int) -> int:
     return int(largest_shard * (1 + OUTPUT_SHARE)) + outer + activations
 
 
-def fits_in_memory(weight_bytes: int) -> bool:
-    return memory_for_whole_model(weight_bytes) <= available_memory_bytes()
+def fits_in_memory(weight_bytes: int, upcast: float = 1.0) -> bool:
+    return memory_for_whole_model(weight_bytes, upcast) <= available_memory_bytes()
 
 
 def estimate(
@@ -57,14 +58,16 @@ def estimate(
     streaming_shard: int | None = None,
     upload_as_it_goes: bool = False,
     layerwise_bytes: int = 0,
+    upcast: float = 1.0,
 ) -> list[Need]:
     """The disk and memory a job needs, by place. With `streaming_shard` (the largest source shard's bytes)
     memory holds about one shard's tensors at a time and the download one shard; with `upload_as_it_goes`
     each output shard leaves the disk once uploaded, so the staged output is bounded by two shards too;
-    `layerwise_bytes` is the layer-by-layer check's memory when the job runs it."""
+    `layerwise_bytes` is the layer-by-layer check's memory when the job runs it; `upcast` as for
+    `memory_for_whole_model` (the streaming engine upcasts one layer at a time, which the allowances hold)."""
     output = int(weight_bytes * OUTPUT_SHARE)
     if streaming_shard is None:
-        needs = [Need("memory", None, memory_for_whole_model(weight_bytes))]
+        needs = [Need("memory", None, memory_for_whole_model(weight_bytes, upcast))]
         download_bytes = weight_bytes
     else:
         needs = [Need("memory", None, streaming_memory(streaming_shard) + layerwise_bytes)]

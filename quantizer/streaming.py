@@ -29,6 +29,7 @@ from torchao.prototype.safetensors.safetensors_support import flatten_tensor_sta
 from torchao.quantization import quantize_
 from transformers import TorchAoConfig
 
+from .compute import compute_dtype, for_compute
 from .events import EventStream
 from .experts import ExpertMerger, covering, model_names, planned_expert_weights, quantize_expert, write_forward
 from .int4.packed import cpu_runnable
@@ -89,10 +90,11 @@ class Streamed:
 def layer_output_error(weight: torch.Tensor, quantized: torch.Tensor, seed: int = 0) -> float:
     """Relative L2 error of y = x W^T against the quantized layer, on a fixed batch of random inputs."""
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, weight.shape[1], generator=generator).to(weight.dtype)
+    compute = compute_dtype(weight.dtype, "cpu")
+    x = torch.randn(16, weight.shape[1], generator=generator).to(weight.dtype)  # inputs the source's dtype can hold
     with torch.no_grad():
         reference = torch.nn.functional.linear(x.float(), weight.float())
-        got = torch.nn.functional.linear(x, cpu_runnable(quantized)).float()
+        got = torch.nn.functional.linear(x.to(compute), for_compute(cpu_runnable(quantized), compute)).float()
     return ((got - reference).norm() / reference.norm()).item()
 
 

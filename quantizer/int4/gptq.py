@@ -8,10 +8,12 @@ must be in memory as a whole (GPTQ does not stream). The grid is the asymmetric 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 
 import torch
 
+from ..compute import cast_floats, compute_dtype
 from ..layers import decoder_layers
 from .grid import QMAX, QMIN, GroupQuant, asym_params, clipped_params
 
@@ -113,28 +115,35 @@ def gptq_model(
     independently, so this gives their values with a third of the work.
     """
     path, layers = decoder_layers(model)
+    compute = compute_dtype(model.dtype, model.device.type)
     hidden, layer_kwargs = capture_layer_inputs(model, calibration, batch)
+    hidden, layer_kwargs = cast_floats(hidden, compute), cast_floats(layer_kwargs, compute)
     modules = dict(model.named_modules())
     result: dict[str, GroupQuant] = {}
     wanted = set(names)
     for index, layer in enumerate(layers):
         prefix = f"{path}.{index}."
         linears = {n: modules[n] for n in names if n.startswith(prefix)}
+        runner = layer if compute == model.dtype else copy.deepcopy(layer).to(compute)  # upcast one layer at a time
+        running = {n: runner.get_submodule(n.removeprefix(prefix)) for n in linears}
         hessians = SharedHessians()
-        handles = [m.register_forward_hook(hessians.hook(n)) for n, m in linears.items()]
+        handles = [m.register_forward_hook(hessians.hook(n)) for n, m in running.items()]
         for chunk in hidden:
             hessians.next_chunk()
-            layer(chunk, **layer_kwargs[chunk.shape[0]])
+            runner(chunk, **layer_kwargs[chunk.shape[0]])
         for handle in handles:
             handle.remove()
         for group, hessian in hessians.groups():
-            weights = [linears[n].weight.data for n in group]
+            weights = [linears[n].weight.data for n in group]  # the stored weights, in the source's dtype
             stacked = quantize_gptq(torch.cat(weights), hessian, group_size, act_order=act_order, clip=clip)
             for name, quant in zip(group, split_rows(stacked, [w.shape[0] for w in weights]), strict=True):
                 result[name] = quant
-                linears[name].weight.data = quant.dequantize(group_size).to(linears[name].weight.dtype)
+                dequantized = quant.dequantize(group_size)
+                linears[name].weight.data = dequantized.to(linears[name].weight.dtype)
+                running[name].weight.data = linears[name].weight.data.to(compute)
         if index + 1 < len(layers):  # the next layer calibrates on what this quantized layer outputs
-            hidden = [first(layer(chunk, **layer_kwargs[chunk.shape[0]])) for chunk in hidden]
+            hidden = [first(runner(chunk, **layer_kwargs[chunk.shape[0]])) for chunk in hidden]
+        del runner, running
         progress(index + 1, len(layers))
     missing = wanted - set(result)
     if missing:
