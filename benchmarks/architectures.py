@@ -7,8 +7,9 @@ Each family's tiny random model (two layers, the demo model's tokenizer) goes th
 type the job refuses before loading records the reason and leaves the job; a type it runs is
 quantized, saved, reloaded by stock transformers and compared with the source by the job's own
 verification (logits relative error and top-1 agreement on a fixed batch), and the share of the
-Linear-like weights it quantized is read from the report. Writes results/architectures.{json,md};
-tests/test_families.py runs the same matrix and checks this file against it.
+Linear-like weights it quantized is read from the report. Writes results/architectures.{json,md} on a CPU with
+native bf16, results/architectures-emulated-bf16.{json,md} on one without (`compute.results_name`), each naming the
+CPU; tests/test_families.py runs the same matrix and checks it against them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 
 from quantizer import recipes
 from quantizer.cli import main
+from quantizer.compute import describe_flags, describe_machine, results_name
 from quantizer.demo import prepare
 from quantizer.hardware import Hardware
 
@@ -157,12 +159,15 @@ def main_cli(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     cells = run_matrix(args.families, args.types)
     seconds = time.perf_counter() - started
-    table = render(cells, args.types)
+    machine = describe_machine()
+    table = render(cells, args.types) + f"\nMeasured on {describe_flags(machine)}.\n"
+    name = results_name(NAME, machine)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{NAME}.json").write_text(
-        json.dumps({"seconds": round(seconds, 1), "cells": [asdict(c) for c in cells]}, indent=2) + "\n"
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"seconds": round(seconds, 1), "machine": machine, "cells": [asdict(c) for c in cells]}, indent=2)
+        + "\n"
     )
-    (RESULTS / f"{NAME}.md").write_text(table)
+    (RESULTS / f"{name}.md").write_text(table)
     print(table)
     print(f"{len(cells)} jobs in {seconds:.0f} s")
 

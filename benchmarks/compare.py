@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from quantizer import recipes
+from quantizer.compute import describe_flags, describe_machine
 from quantizer.demo import DEMO_NAME, prepare
 from quantizer.hardware import Hardware, PeakGPU, detect
 from quantizer.report import human_bytes
@@ -194,6 +195,7 @@ def bench(
             "device": hardware.device,
             "platform": platform.platform(),
             "torch": torch.__version__,
+            "machine": describe_machine(),
             "repeats": repeats,
             "new_tokens": new_tokens,
             "prompt": PROMPT,
@@ -295,7 +297,8 @@ def markdown(rows: list[Row], meta: dict) -> str:
         f"{meta['model_name']} on {where}; batch 1, {meta['new_tokens']} new tokens, median of {meta['repeats']}; "
         f"perplexity on {meta['eval_tokens']} tokens of Python's pydoc topics"
         + (f"; int4 method {meta['int4_method']}" if meta.get("int4_method") else "")
-        + ".",
+        + "."
+        + (f" Measured on {describe_flags(meta['machine'])}." if meta.get("machine") else ""),
         "",
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmarks.offgrid import build_offgrid
 from quantizer.cli import quiet_libraries
+from quantizer.compute import describe_flags, describe_machine
 from quantizer.demo import cache_root, prepare
 from quantizer.int4 import ABLATIONS, method_description
 from quantizer.layers import planned_linear_layers
@@ -110,11 +111,11 @@ def summary(runs: list[dict]) -> list[str]:
     return lines
 
 
-def document(model: str, group_size: int, eval_tokens: int, linear_params: int, runs: list[dict]) -> str:
+def document(model: str, group_size: int, eval_tokens: int, linear_params: int, runs: list[dict], machine: dict) -> str:
     """The results file: a table per held-out domain, then each method across them."""
     header = (
-        f"{model}, group size {group_size}, {linear_params / 1e6:.1f}M Linear parameters; 2-core CPU. "
-        "Each table: perplexity on a domain no calibration text came from."
+        f"{model}, group size {group_size}, {linear_params / 1e6:.1f}M Linear parameters; measured on "
+        f"{describe_flags(machine)}. Each table: perplexity on a domain no calibration text came from."
     )
     legend = [
         f"- {r['method']}: {method_description(r['method'])}" for r in runs[0]["rows"] if r["method"] in ABLATIONS
@@ -160,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = [measure(source, Path(tmp) / f"out-{held_out}", texts, m, t, args) for m, t in jobs]
             print("\n".join(table(rows, linear_params)), flush=True)
             runs.append({"held_out": held_out, "calibration": list(calibration), "rows": rows})
-    text = document(model, args.group_size, args.eval_tokens, linear_params, runs)
+    machine = describe_machine()
+    text = document(model, args.group_size, args.eval_tokens, linear_params, runs, machine)
     print(text)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "int4_methods.md").write_text(text)
     settings = {k: str(v) for k, v in vars(args).items()}
     (args.results / "int4_methods.json").write_text(
-        json.dumps({"settings": settings, "linear_params": linear_params, "runs": runs}, indent=2) + "\n"
+        json.dumps({"settings": settings, "machine": machine, "linear_params": linear_params, "runs": runs}, indent=2)
+        + "\n"
     )
     return 0
 

@@ -17,9 +17,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from .cli import main as cli_main
+from .compute import describe_flags, describe_machine, results_name
 from .errors import SourceError
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
@@ -110,14 +112,22 @@ def figures_table(report: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def record(report_json: str, folder: Path) -> None:
+def record(report_json: str, folder: Path, seconds: float) -> Path:
+    """Write the report and the README's table, named for the kind of CPU that measured them
+    (`compute.results_name`), with that CPU's description and the demo's wall time; returns the JSON's path."""
     folder.mkdir(parents=True, exist_ok=True)
     report = json.loads(report_json)
     report["source"], report["tracking"] = DEMO_NAME, None  # this machine's paths are no figures
     for r in report["results"]:
         r["output_dir"] = None
-    (folder / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
-    (folder / "demo.md").write_text(figures_table(report))
+    report["machine"] = describe_machine()
+    report["demo_seconds"] = round(seconds, 1)
+    stem = results_name("demo", report["machine"])
+    (folder / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / f"{stem}.md").write_text(
+        figures_table(report) + f"\n`make demo` took {seconds:.0f} s on {describe_flags(report['machine'])}.\n"
+    )
+    return folder / f"{stem}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.record:
         return cli_main(argv)
     buffer = io.StringIO()
+    started = time.perf_counter()
     with contextlib.redirect_stdout(buffer):
         code = cli_main(argv if "--json" in argv else [*argv, "--json"])
     print(buffer.getvalue(), end="")
     if code == 0:
-        record(buffer.getvalue(), args.record)
+        record(buffer.getvalue(), args.record, time.perf_counter() - started)
     return code
 
 
