@@ -21,8 +21,10 @@ from quantizer.errors import InputError
 from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.tracking import history
 from tests.conftest import ALICE
+from tests.support import pace
 from tests.support.app_server import ROOT, AppServer
 from tests.support.hub_repos import upload_model, variant
+from tests.support.models import in_the_jobs_dtype
 
 SOURCE = "alice/ui-source"
 AUTO = "auto (128, lowered to fit the model)"
@@ -83,11 +85,11 @@ def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
     row = next(r for r in rows if r[3] == f"[alice/ui-int8]({result['url']})")
     assert row[2] == "int8_weight_only" and row[6] == "finished" and row[4] == f"{result['size_ratio']:.1%}"
 
-    model = AutoModelForCausalLM.from_pretrained("alice/ui-int8")
+    model = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained("alice/ui-int8"))
     tokenizer = AutoTokenizer.from_pretrained("alice/ui-int8")
     data = build_eval_data(tokenizer, default_eval_text())
     with torch.no_grad():
-        ref = AutoModelForCausalLM.from_pretrained(ui_source)(data.batch).logits.float()
+        ref = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(ui_source))(data.batch).logits.float()
         got = model(data.batch).logits.float()
     assert ((got - ref).norm() / ref.norm()).item() == pytest.approx(result["verify"]["logits_rel_err"], rel=1e-4)
 
@@ -155,9 +157,9 @@ def test_page_runs_a_job_end_to_end_in_chromium(app, ui_source, hub):
         page.locator("#run").click()
         log = page.locator("#log textarea")
         expect(log).to_have_value(re.compile("job started"), timeout=5_000)
-        expect(log).to_have_value(re.compile("▶ checking alice/ui-source"), timeout=60_000)
+        expect(log).to_have_value(re.compile("▶ checking alice/ui-source"), timeout=pace.milliseconds(60))
         page.screenshot(path=str(SCREENSHOTS / "2-running.png"), full_page=True)
-        expect(page.locator("#status")).to_contain_text("✅ done", timeout=180_000)
+        expect(page.locator("#status")).to_contain_text("✅ done", timeout=pace.milliseconds(180))
         link = page.locator("#results a", has_text="ui-browser")
         expect(link.first).to_have_attribute("href", f"{hub.endpoint}/{'alice/ui-browser'}")
         page.wait_for_timeout(3000)

@@ -86,11 +86,12 @@ def test_repo_id_to_pushed_target_that_stock_transformers_loads(hub, hub_source,
         import json, sys, torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from quantizer.texts import build_eval_data, default_eval_text
+        from tests.support.models import in_the_jobs_dtype
         source, target = sys.argv[1], sys.argv[2]
         data = build_eval_data(AutoTokenizer.from_pretrained(target), default_eval_text())
         with torch.no_grad():
-            ref = AutoModelForCausalLM.from_pretrained(source)(data.batch).logits.float()
-            got = AutoModelForCausalLM.from_pretrained(target)(data.batch).logits.float()
+            ref = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(source))(data.batch).logits.float()
+            got = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(target))(data.batch).logits.float()
         print(json.dumps({"rel_err": ((got - ref).norm() / ref.norm()).item(),
                           "quantized": type(AutoModelForCausalLM.from_pretrained(target).model.layers[0]
                                             .self_attn.q_proj.weight).__name__}))

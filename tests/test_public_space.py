@@ -18,6 +18,7 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 
 from tests.conftest import ALICE, CAROL
+from tests.support import pace
 from tests.support.app_server import AppServer
 from tests.support.hub_repos import upload_model, variant
 from tests.support.models import TinyShape
@@ -119,7 +120,9 @@ def test_a_private_source_gives_a_private_target(space, sources):
 
 
 def wait_for(job, pattern: str, timeout: float = 120) -> str:
-    """Read a running job's updates until its log matches; returns that log."""
+    """Read a running job's updates until its log matches; returns that log. `timeout`: seconds on the reference
+    machine (`pace`)."""
+    timeout = pace.seconds(timeout)
     deadline = time.time() + timeout
     while time.time() < deadline:
         for update in job.outputs()[::-1]:
@@ -138,7 +141,7 @@ def test_stop_in_the_middle_of_quantization_leaves_nothing(space, sources):
     assert client.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 1 job")
     status = job.result()[0]
     assert "stopped: stopped by its visitor; nothing was kept" in status
-    assert time.time() - stopped_at < 10
+    assert time.time() - stopped_at < pace.seconds(10)
     assert not HfApi(token=ALICE).repo_exists("alice/slow-torchao-int4wo") and job_folders(space) == []
     run = next(r for r in client.predict(token=ALICE, api_name="/history")["data"] if "slow-torchao-int4wo" in r[3])
     assert run[6].startswith("cancelled")
@@ -232,10 +235,12 @@ def test_closing_the_page_stops_its_job(space, sources):
         page.get_by_label("Hugging Face token").fill(ALICE)
         page.locator("#target-name textarea, #target-name input").first.fill("tab-closed")
         page.locator("#run").click()
-        expect(page.locator("#log textarea")).to_have_value(re.compile("▶ measuring the source model"), timeout=60_000)
+        expect(page.locator("#log textarea")).to_have_value(
+            re.compile("▶ measuring the source model"), timeout=pace.milliseconds(60)
+        )
         page.close()
         browser.close()
-    deadline = time.time() + 15
+    deadline = time.time() + pace.seconds(15)
     while "stopped: the page was closed" not in log_file.read_text() and time.time() < deadline:
         time.sleep(0.25)
     assert "a job of alice stopped: the page was closed" in log_file.read_text()

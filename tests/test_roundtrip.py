@@ -13,7 +13,7 @@ from quantizer.cli import main
 from quantizer.hardware import Hardware
 from quantizer.recipes import RECIPES, made_and_run_on
 from quantizer.texts import build_eval_data, default_eval_text
-from tests.support.models import TinyShape
+from tests.support.models import TinyShape, in_the_jobs_dtype
 
 # the types a CPU both makes and runs (int4_tile_packed runs on CUDA only; it has its own tests)
 CPU_TYPES = made_and_run_on(Hardware("cpu"))
@@ -41,7 +41,7 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
     assert [r["quant_type"] for r in report["results"]] == CPU_TYPES
     tokenizer = AutoTokenizer.from_pretrained(source)
     data = build_eval_data(tokenizer, default_eval_text())
-    reference = AutoModelForCausalLM.from_pretrained(source)
+    reference = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(source))
     with torch.no_grad():
         ref_logits = reference(data.batch).logits.float()
 
@@ -69,6 +69,7 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
             weight = model.model.layers[0].mlp.down_proj.weight
             assert weight.zero_point.dtype == torch.bfloat16 and weight.qdata.dtype == torch.int8
 
+        in_the_jobs_dtype(model)
         with torch.no_grad():
             logits = model(data.batch).logits.float()
         rel_err = ((logits - ref_logits).norm() / ref_logits.norm()).item()
@@ -78,7 +79,9 @@ def test_every_cpu_type_round_trips_with_stock_transformers(shape, tiny_model, t
         # against an independent reference: the type's own torchao config applied by stock transformers
         recipe = RECIPES[result["quant_type"]]
         config = recipe.config(Hardware("cpu"), result["group_size"] or 128)
-        torchao_made = AutoModelForCausalLM.from_pretrained(source, quantization_config=TorchAoConfig(config))
+        torchao_made = in_the_jobs_dtype(
+            AutoModelForCausalLM.from_pretrained(source, quantization_config=TorchAoConfig(config))
+        )
         with torch.no_grad():
             ref_q = torchao_made(data.batch).logits.float()
         if recipe.int4_format(Hardware("cpu")):  # GPTQ must do at least as well as torchao's round-to-nearest

@@ -22,7 +22,7 @@ from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.verify import Figures, measure
 from tests.conftest import ALICE
 from tests.support.hub_repos import upload_model
-from tests.support.models import TinyShape
+from tests.support.models import TinyShape, in_the_jobs_dtype
 
 CPU = Hardware("cpu")
 # the types a CPU both makes and runs (int4_tile_packed runs on CUDA only; it has its own tests)
@@ -119,7 +119,7 @@ def whole_model_figures(folder: Path) -> Figures:
     """The standard verification's figures of a model loaded whole (the reference for the layer-by-layer run)."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return measure(
-        AutoModelForCausalLM.from_pretrained(folder),
+        in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(folder)),
         tokenizer,
         build_eval_data(tokenizer, default_eval_text()),
         EventStream(),
