@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     (RESULTS / f"{name}.md").write_text(
-        f"The suite ({closing}) took {seconds / 60:.1f} min on {describe_flags(machine)}.\n"
+        "| make test's suite | minutes | machine |\n|---|---|---|\n"
+        f"| {closing} | {seconds / 60:.1f} | {describe_flags(machine)} |\n"
     )
     print(proc.stdout[-3000:])
     print(f"{seconds / 60:.1f} min, exit {proc.returncode}; written to {RESULTS / name}.json")
