@@ -242,7 +242,7 @@ def test_the_form_is_defined_once_and_the_api_needs_only_the_source():
 def test_the_zerogpu_slot_fits_the_longest_job_the_form_allows(monkeypatch):
     from quantizer import int4
     from quantizer.spec import JobSpec
-    from ui.jobs import zerogpu_seconds
+    from ui.worker import zerogpu_seconds
 
     for budget in ("900", "3600"):
         monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", budget)

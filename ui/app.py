@@ -19,8 +19,9 @@ from quantizer.report import Report, results_table
 from . import auth, downloads
 from .form import NAMES, FormValues, api_handler, components, output_root, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
-from .jobs import REGISTRY, Finished, JobProgress, Waiting, stream_job
+from .jobs import REGISTRY, JobProgress, Waiting, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
+from .worker import Finished
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 LOG_INTERVAL = 0.25  # seconds between page updates while events stream in

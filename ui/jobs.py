@@ -1,42 +1,30 @@
 """Run pipeline jobs for the page: one at a time per process, at most one running and one waiting per visitor,
 each stoppable by its visitor (the Stop button), by its closed tab, or by the host's deadline.
 
-`stream_job` is a generator that waits for the process's job lock, runs the job in a worker thread
-and yields each event as it happens, then the report (or the sentence that explains why there is
-none). On ZeroGPU it runs under `@spaces.GPU`, which moves the whole generator to the GPU worker;
-elsewhere the decorator returns the function unchanged.
+The lock, the visitors' tickets and Stop live here, in the app's process; the job itself runs in a process of its
+own (`worker.py`: ZeroGPU's GPU worker, or a child of the app), which only plain values cross. `stream_job` waits
+for the lock, then relays the job's events as they happen and ends with one `Finished`.
 """
 
 from __future__ import annotations
 
-import queue
+import contextlib
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import spaces
+from quantizer.events import Event
+from quantizer.pipeline import JobSpec
 
-from quantizer import int4
-from quantizer.cancel import CancelToken, JobCancelled
-from quantizer.errors import QuantizerError
-from quantizer.events import Event, EventStream
-from quantizer.pipeline import JobSpec, run
-from quantizer.report import Report
+from .worker import Finished, stop_job, stream_isolated
 
 SHARED_STAGES = ("preflight", "fetch", "reference")
 RECIPE_STAGES_SAVE = ("quantize", "save", "verify", "card")
 PER_VISITOR = 2  # one running and one waiting
 RUN_LOCK = threading.Lock()  # one job at a time in this process, whatever the queue's concurrency says
-VERIFY_AND_PUSH_SECONDS = 600  # loading, the reference pass, verification and the upload, beside the int4 budget
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The last item of a stream: the report, or the sentence that explains why there is none."""
-
-    report: Report | None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,11 +34,34 @@ class Waiting:
     message: str
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
+    """One visitor's job as the app sees it: who, which page, and (once it runs) the folder its process watches."""
+
     visitor: str
     session: str | None
-    cancel: CancelToken = field(default_factory=CancelToken)
+    reason: str = ""
+    folder: Path | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def stopped(self) -> bool:
+        return bool(self.reason)
+
+    def start(self, folder: Path) -> None:
+        """The job runs in `folder` from now on: a stop reaches its process through the folder's STOP file."""
+        with self._lock:
+            self.folder = folder
+            if self.reason:
+                stop_job(folder, self.reason)
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.reason:
+                return
+            self.reason = reason
+            if self.folder is not None:
+                stop_job(self.folder, reason)
 
 
 class Registry:
@@ -75,7 +86,7 @@ class Registry:
                 self._tickets.remove(ticket)
 
     def stop(self, *, visitor: str | None = None, session: str | None = None, reason: str) -> int:
-        """Cancel every job of a visitor (the Stop button) or of a browser session (a closed tab)."""
+        """Stop every job of a visitor (the Stop button) or of a browser session (a closed tab)."""
         with self._lock:
             chosen = [
                 t
@@ -83,64 +94,52 @@ class Registry:
                 if (visitor is not None and t.visitor == visitor) or (session is not None and t.session == session)
             ]
         for ticket in chosen:
-            ticket.cancel.cancel(reason)
+            ticket.stop(reason)
         return len(chosen)
 
 
 REGISTRY = Registry()
 
 
-def run_ticket(spec: JobSpec, ticket: Ticket, inbox: queue.Queue) -> None:
-    """The job's thread: wait for the process's lock, run the job, and always hand the lock and ticket back, so a
-    page that went away never keeps the next visitor waiting."""
-    events = EventStream(inbox.put, cancel=ticket.cancel)
+def wait_for_the_lock(ticket: Ticket) -> Iterator[Waiting]:
+    """Take the process's job lock, saying once that the job waits. Returns True holding the lock, or False when the
+    ticket was stopped while it waited (the lock not held)."""
+    if RUN_LOCK.acquire(blocking=False):
+        return True
+    yield Waiting("waiting for the job ahead of this one to finish")
+    while not RUN_LOCK.acquire(timeout=0.25):
+        if ticket.stopped:
+            return False
+    return True
+
+
+def stream_job(spec: JobSpec, ticket: Ticket) -> Iterator[Event | Waiting | Finished]:
+    """The job's stream for the page: wait for the lock, run the job in its own process, relay what it says, and
+    always hand the lock and the ticket back, so a page that went away never keeps the next visitor waiting."""
+    finished = False
     try:
-        if not RUN_LOCK.acquire(blocking=False):
-            inbox.put(Waiting("waiting for the job ahead of this one to finish"))
-            while not RUN_LOCK.acquire(timeout=0.25):
-                if ticket.cancel.requested:
-                    inbox.put(Finished(None, f"stopped before it started: {ticket.cancel.reason}"))
-                    return
+        held = yield from wait_for_the_lock(ticket)
+        if not held or ticket.stopped:
+            if held:
+                RUN_LOCK.release()
+            finished = True
+            yield Finished(None, f"stopped before it started: {ticket.reason}")
+            return
         try:
-            if ticket.cancel.requested:
-                inbox.put(Finished(None, f"stopped before it started: {ticket.cancel.reason}"))
-                return
-            inbox.put(Finished(run(spec, events)))
-        except JobCancelled:
-            inbox.put(Finished(None, f"stopped: {ticket.cancel.reason}; nothing was kept"))
-            print(f"a job of {ticket.visitor} stopped: {ticket.cancel.reason}", file=sys.stderr, flush=True)
-        except QuantizerError as exc:
-            inbox.put(Finished(None, events.scrub(str(exc))))
-        except Exception as exc:  # shown as one sentence, never as a stack trace
-            inbox.put(Finished(None, events.scrub(f"unexpected failure ({type(exc).__name__}: {exc})")))
+            folder = Path(tempfile.mkdtemp(prefix="quantizer-job-"))
+            ticket.start(folder)
+            with contextlib.closing(stream_isolated(spec, folder)) as stream:  # closed (the job ended) before unlocking
+                for item in stream:  # a stop reaches the job through its folder (Ticket.stop)
+                    finished = isinstance(item, Finished)
+                    yield item
         finally:
             RUN_LOCK.release()
     finally:
+        if not finished:  # the stream was closed mid-job (the page went away): stream_isolated ended the job
+            ticket.stop("the page was closed")
+        if ticket.stopped:
+            print(f"a job of {ticket.visitor} stopped: {ticket.reason}", file=sys.stderr, flush=True)
         REGISTRY.done(ticket)
-
-
-def zerogpu_seconds(spec: JobSpec, ticket: Ticket | None = None) -> int:
-    """The ZeroGPU slot a job asks for (spaces calls this with the job's own arguments): its deadline when the host
-    set one, else the int4 method's time budget (GPTQ is chosen only when its estimate fits it) plus the rest."""
-    if spec.deadline_seconds:
-        return int(spec.deadline_seconds) + 60
-    return int(int4.budget_seconds()) + VERIFY_AND_PUSH_SECONDS
-
-
-@spaces.GPU(duration=zerogpu_seconds)
-def stream_job(spec: JobSpec, ticket: Ticket) -> Iterator[Event | Waiting | Finished]:
-    inbox: queue.Queue[Event | Waiting | Finished] = queue.Queue()
-    worker = threading.Thread(target=run_ticket, args=(spec, ticket, inbox), name="quantize-job", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = inbox.get()
-            yield item
-            if isinstance(item, Finished):
-                return
-    finally:  # the generator was closed mid-job (the page went away): stop the job
-        if worker.is_alive():
-            ticket.cancel.cancel("the page was closed")
 
 
 class JobProgress:

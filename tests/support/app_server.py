@@ -20,7 +20,9 @@ def free_port() -> int:
 
 
 class AppServer:
-    def __init__(self, log_path: Path, env: dict[str, str] | None = None):
+    def __init__(self, log_path: Path, env: dict[str, str] | None = None, module: str | None = None):
+        """`module`: run `python -m module` instead of app.py (tests.support.zerogpu_app, for ZeroGPU)."""
+        self.command = ["-m", module] if module else ["app.py"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log_path = log_path
@@ -35,7 +37,11 @@ class AppServer:
 
     def start(self, timeout: float = 120) -> AppServer:
         self.proc = subprocess.Popen(
-            [sys.executable, "app.py"], cwd=ROOT, env=self.env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT
+            [sys.executable, *self.command],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:

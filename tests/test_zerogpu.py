@@ -1,0 +1,107 @@
+"""The Space on ZeroGPU, as the pinned `spaces` package runs it: the job in the GPU worker that spaces forks from the
+app, its arguments and every value it yields pickled across, the slot asked of a device API over HTTP.
+
+The app runs with SPACES_ZERO_GPU=true against the loopback device API (loopback/zerogpu.py), as a shared deployment
+with two visitors, driven through the real gradio_client. What is replaced, and why: tests/support/zerogpu_app.py
+(only `spaces.zero.torch`, which cannot load with a CPU build of torch).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from gradio_client import Client
+from huggingface_hub import HfApi
+
+from loopback.zerogpu import DeviceAPI
+from quantizer.spec import JobSpec
+from tests.conftest import ALICE, CAROL
+from tests.support import pace
+from tests.support.app_server import AppServer
+from tests.support.hub_repos import upload_model, variant
+from tests.test_public_space import SLOW_SHAPE, job_folders, wait_for
+from ui.worker import zerogpu_seconds
+
+
+@pytest.fixture(scope="module")
+def device():
+    api = DeviceAPI().start()
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module")
+def space(hub, device, tmp_path_factory):
+    base = tmp_path_factory.mktemp("zerogpu-space")
+    (base / "tmp").mkdir()
+    env = {
+        "QUANTIZER_PUBLIC": "1",
+        "SPACES_ZERO_GPU": "true",
+        "SPACES_ZERO_DEVICE_API_URL": device.url,
+        "QUANTIZER_CONCURRENCY": "4",  # the queue lets several in: the job lock and the visitor limit must hold
+        "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
+        "GRADIO_HEARTBEAT_INTERVAL": "1",
+        "TMPDIR": str(base / "tmp"),
+        "HF_TOKEN": ALICE,  # the host's own token: a visitor's job must never use it
+    }
+    server = AppServer(base / "app.log", env=env, module="tests.support.zerogpu_app").start()
+    server.base = base
+    yield server
+    server.stop()
+    log = (base / "app.log").read_text()
+    assert ALICE not in log and CAROL not in log
+
+
+@pytest.fixture(scope="module")
+def sources(hub, tiny_model, tmp_path_factory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("zerogpu-sources")
+    alice = HfApi(token=ALICE)
+    upload_model(alice, "alice/zg-small", variant(tiny_model(), base / "small"))
+    upload_model(alice, "alice/zg-slow", variant(tiny_model(SLOW_SHAPE), base / "slow"))
+    return {"small": "alice/zg-small", "slow": "alice/zg-slow"}
+
+
+def test_a_job_runs_in_the_gpu_worker_and_is_pushed(space, sources, device):
+    started = len(device.state.named("/schedule"))
+    status, *_ = Client(space.url, verbose=False).predict(source=sources["small"], token=ALICE, api_name="/quantize")
+    assert status.startswith("✅ done"), status
+    assert HfApi(token=ALICE).repo_exists("alice/zg-small-torchao-int8wo")
+    (schedule,) = device.state.named("/schedule")[started:]
+    # the slot asked for: the job's budget (no host deadline here), times the H200 MIG's duration factor of 1
+    assert int(schedule["durationSeconds"]) == zerogpu_seconds(JobSpec(source=sources["small"]))
+    allowed = device.state.named("/allow")
+    assert allowed and all(int(a["pid"]) != space.proc.pid for a in allowed)  # a forked worker ran it, not the app
+    assert not device.state.active  # the slot was released
+    assert job_folders(space) == []
+
+
+def test_stop_ends_a_job_in_the_gpu_worker_within_seconds_leaving_nothing(space, sources):
+    client = Client(space.url, verbose=False)
+    job = client.submit(
+        source=sources["slow"], quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE, api_name="/quantize"
+    )
+    wait_for(job, r"quantizing with gptq int4")
+    stopped_at = time.time()
+    assert client.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 1 job")
+    status = job.result()[0]
+    assert "stopped: stopped by its visitor; nothing was kept" in status
+    assert time.time() - stopped_at < pace.seconds(10)
+    assert not HfApi(token=ALICE).repo_exists("alice/zg-slow-torchao-int4wo") and job_folders(space) == []
+
+
+def test_two_visitors_limits_hold_across_the_worker(space, sources):
+    alice, carol = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    slow = {"source": sources["slow"], "quant_types": ["int4_weight_only"], "int4_method": "gptq"}
+    first = alice.submit(**slow, token=ALICE, target_name="zg-first", api_name="/quantize")
+    wait_for(first, r"▶ checking alice/zg-slow")
+    second = alice.submit(**slow, token=ALICE, target_name="zg-second", api_name="/quantize")
+    wait_for(second, "waiting for the job ahead")
+    third = alice.predict(**slow, token=ALICE, target_name="zg-third", api_name="/quantize")
+    assert "you already have a job running and one waiting" in third[0]
+    other = carol.submit(source=sources["small"], token=CAROL, save_only=True, api_name="/quantize")
+    wait_for(other, "waiting for the job ahead")  # carol is not held to alice's limit: she waits her turn
+    assert alice.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 2 job")
+    assert "stopped" in first.result()[0] and "stopped" in second.result()[0]
+    assert other.result()[0].startswith("✅ done")
+    assert job_folders(space) == []
