@@ -245,3 +245,28 @@ def test_closing_the_page_stops_its_job(space, sources):
         time.sleep(0.25)
     assert "a job of alice stopped: the page was closed" in log_file.read_text()
     assert not HfApi(token=ALICE).repo_exists("alice/tab-closed") and job_folders(space) == []
+
+
+# a pre-tokenizer whose regex backtracks catastrophically on any ordinary sentence: Oniguruma gives up and the Rust
+# tokenizers library panics, raising pyo3's PanicException (a BaseException) in whatever thread encodes text
+PANICKING_PRE_TOKENIZER = {
+    "type": "Split",
+    "pattern": {"Regex": r"(\D|\D?)+\d"},
+    "behavior": "Isolated",
+    "invert": False,
+}
+
+
+def test_a_tokenizer_that_panics_ends_only_its_own_job(space, sources, tiny_model, tmp_path):
+    tokenizer = json.loads((tiny_model() / "tokenizer.json").read_text())
+    tokenizer["pre_tokenizer"] = PANICKING_PRE_TOKENIZER
+    hostile = variant(tiny_model(), tmp_path / "panics", extra={"tokenizer.json": json.dumps(tokenizer)})
+    upload_model(HfApi(token=CAROL), "carol/panics", hostile)
+    job = quantize(Client(space.url, verbose=False), source="carol/panics", token=CAROL, save_only=True)
+    status, *_ = job.result(timeout=pace.seconds(120))  # a job that dies silently would leave the page waiting
+    assert "the job failed inside a library it called" in status and "PanicException" in status, status
+    assert job_folders(space) == []
+    status, *_ = Client(space.url, verbose=False).predict(
+        source=sources["small"], token=ALICE, save_only=True, api_name="/quantize"
+    )
+    assert status.startswith("✅ done"), status  # the next visitor is served

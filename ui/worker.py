@@ -246,14 +246,20 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
 
 def stream_isolated(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
     """The job's stream from its own process (ZeroGPU's worker, or a child of the app), always ending in one
-    `Finished`; the job's folder is gone afterwards."""
+    `Finished`. The job's folder is gone afterwards, and so is its save-only output folder (the app gives each job
+    one of its own) unless some type ended well: a job killed mid-save cannot remove its own staging."""
+    kept = False
     try:
-        if on_zerogpu():
-            yield from zerogpu_stream(spec, folder)
-        else:
-            yield from run_in_child(spec, folder)
+        stream = zerogpu_stream(spec, folder) if on_zerogpu() else run_in_child(spec, folder)
+        with contextlib.closing(stream):  # closed here, so the job's process is dealt with before its folder goes
+            for item in stream:
+                if isinstance(item, Finished):
+                    kept = item.report is not None and any(r.ok for r in item.report.results)
+                yield item
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if spec.output_dir is not None and not kept:
+            shutil.rmtree(spec.output_dir, ignore_errors=True)
 
 
 def zerogpu_stream(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
