@@ -17,6 +17,7 @@ import mmap
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,6 +120,7 @@ class Fault:
     message: str | None = None
     hits: int = 0
     delay: float = 0.0  # seconds to wait before answering normally (status -1: a slow route, not a failure)
+    action: Callable[[], None] | None = None  # status -1: done first, then the request is answered normally
     after: int = 0  # matching requests answered normally before the fault starts (fail half-way through)
     seen: int = 0
 
@@ -156,6 +158,13 @@ class HubState:
     def slow(self, method: str, path_regex: str, seconds: float, times: int = 1) -> Fault:
         """Answer a route normally, but only after `seconds` (a slow upload, to stop a job in the middle of it)."""
         fault = Fault(method.upper(), re.compile(path_regex), -1, times, delay=seconds)
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def before(self, method: str, path_regex: str, action: Callable[[], None], times: int = 1) -> Fault:
+        """Do `action` just before answering a route normally (someone else acting between two of a job's calls)."""
+        fault = Fault(method.upper(), re.compile(path_regex), -1, times, action=action)
         with self.lock:
             self.faults.append(fault)
         return fault
@@ -277,6 +286,8 @@ class Handler(BaseHTTPRequestHandler):
         self.answer_lost = bool(fault and fault.status == -2)
         if fault and fault.status == -1:
             time.sleep(fault.delay)
+            if fault.action:
+                fault.action()
             fault = None
         if self.answer_lost:
             fault = None

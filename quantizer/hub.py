@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import InputError, QuantizerError, SourceError
+from .errors import InputError, OutputExistsError, QuantizerError, SourceError
 from .events import EventStream
 
 T = TypeVar("T")
@@ -269,13 +269,23 @@ class Upload:
                     repo_id,
                 )
             return
-        self.created = True  # from the first try: a retry after a lost answer finds the repo this job made
         attempt = iter(range(1_000))
-        hub.call(
-            "creating the target repo",
-            lambda: hub.api.create_repo(repo_id, private=self.private, exist_ok=next(attempt) > 0),
-            repo_id,
-        )
+
+        def create() -> None:
+            first = next(attempt) == 0
+            try:
+                hub.api.create_repo(repo_id, private=self.private, exist_ok=not first)
+            except Exception as exc:
+                if first and status_of(exc) == 409:  # made by someone else since preflight: theirs, never touched
+                    raise OutputExistsError(
+                        f"the target repo {repo_id} was created by someone else after this job checked it; nothing "
+                        "of it was touched and nothing was pushed: choose another target name."
+                    ) from exc
+                self.created = True  # a try that failed otherwise may still have made it (an answer lost on the way)
+                raise
+            self.created = True
+
+        hub.call("creating the target repo", create, repo_id)
 
     def send(self, path: Path, path_in_repo: str) -> bool:
         """Upload one file to the Hub's storage now; True when it is stored there, so the local file may go.

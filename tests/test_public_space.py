@@ -270,3 +270,17 @@ def test_a_tokenizer_that_panics_ends_only_its_own_job(space, sources, tiny_mode
         source=sources["small"], token=ALICE, save_only=True, api_name="/quantize"
     )
     assert status.startswith("✅ done"), status  # the next visitor is served
+
+
+def test_a_repo_someone_else_creates_after_preflight_stops_the_job_and_is_never_touched(space, sources, hub):
+    def someone_else_creates_it() -> None:
+        hub.state.create_repo("alice/taken-meanwhile", author="someone-else")
+
+    hub.state.before("POST", r"^/api/repos/create$", someone_else_creates_it)
+    status, *_ = Client(space.url, verbose=False).predict(
+        source=sources["small"], token=ALICE, target_name="taken-meanwhile", api_name="/quantize"
+    )
+    assert "was created by someone else after this job checked it" in status, status
+    repo = hub.state.repo("model", "alice/taken-meanwhile")
+    assert repo is not None and [c.author for c in repo.commits] == ["someone-else"]  # theirs, as they made it
+    assert job_folders(space) == []
