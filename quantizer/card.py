@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from importlib.metadata import version
 from pathlib import Path
@@ -17,7 +18,46 @@ from .source import SourceInfo
 from .texts import SAMPLE_PROMPT, SAMPLE_TOKENS
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md.j2"
-COPIED_FIELDS = ("license", "license_name", "license_link", "language", "pipeline_tag")
+# what the new card copies from the source card's YAML header, each only when it has the shape the Hub gives it
+# (anything else in a stranger's card is dropped, never published under the visitor's name)
+COPIED_FIELDS = {
+    "license": re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}"),
+    "license_name": re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}"),
+    "license_link": re.compile(r"(https://[A-Za-z0-9.-]+(/[A-Za-z0-9._~%/+-]*)?|[A-Za-z0-9._-]{1,64})"),
+    "language": re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?"),
+    "pipeline_tag": re.compile(r"text-generation|text2text-generation|conversational"),
+}
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
+
+
+def copied_fields(card_data: dict) -> dict:
+    """The source card's fields that the new card may carry: those of COPIED_FIELDS whose values have their shape
+    (a language list keeps its well-formed entries)."""
+    kept: dict = {}
+    for key, shape in COPIED_FIELDS.items():
+        value = card_data.get(key)
+        if isinstance(value, str) and shape.fullmatch(value):
+            kept[key] = value
+        elif key == "language" and isinstance(value, list):
+            languages = [v for v in value[:50] if isinstance(v, str) and shape.fullmatch(v)]
+            if languages:
+                kept[key] = languages
+    return kept
+
+
+def source_dtype(config: dict) -> str:
+    """The dtype the source's config names, when it is one; else a phrase (a config's text is not published)."""
+    for key in ("dtype", "torch_dtype"):
+        if config.get(key) in DTYPE_NAMES:
+            return config[key]
+    return "the source dtype"
+
+
+def plain_text(text: str, limit: int = 500) -> str:
+    """Generated or source-given text, shown in a card as text: one line, markdown and HTML escaped, bounded."""
+    flat = " ".join(text.split())[:limit]
+    return MARKDOWN_SPECIAL.sub(r"\\\1", flat.replace("&", "&amp;"))
 
 
 def library_versions() -> dict[str, str]:
@@ -26,7 +66,7 @@ def library_versions() -> dict[str, str]:
 
 def card_metadata(info: SourceInfo, recipe: Recipe) -> ModelCardData:
     """YAML header: base_model and relation (Hub sources), license and pipeline tag from the source, tags."""
-    copied = {k: info.card_data[k] for k in COPIED_FIELDS if info.card_data.get(k)}
+    copied = copied_fields(info.card_data)
     copied.setdefault("pipeline_tag", "text-generation")
     if info.repo_id:
         copied.update(base_model=info.repo_id, base_model_relation="quantized")
@@ -35,7 +75,8 @@ def card_metadata(info: SourceInfo, recipe: Recipe) -> ModelCardData:
 
 def reproduce_command(info: SourceInfo, result: RecipeResult) -> str:
     """The CLI line that makes this output again (never with a token)."""
-    source = f"{info.repo_id}@{info.revision}" if info.repo_id and info.revision else info.ref
+    # a local source is named by its folder's name, never by this machine's path
+    source = f"{info.repo_id}@{info.revision}" if info.repo_id and info.revision else info.repo_id or f"./{info.name}"
     parts = ["python", "-m", "quantizer", source, result.target_repo or "TARGET", "--quant-type", result.quant_type]
     if result.group_size:
         parts += ["--group-size", str(result.group_size)]
@@ -53,11 +94,10 @@ def render(
     *,
     made_on_hardware: Hardware,
     eval_text_name: str,
-    source_dtype: str,
 ) -> ModelCard:
     v = result.verify
     assert v is not None, "a card describes a verified output"
-    source_link = f"[{info.repo_id}]({repo_url(info.repo_id)})" if info.repo_id else f"`{info.name}`"
+    source_link = f"[{info.repo_id}]({repo_url(info.repo_id)})" if info.repo_id else f"`{plain_text(info.name, 120)}`"
     runs_on = recipe.runs_on(made_on_hardware)
     return ModelCard.from_template(
         card_metadata(info, recipe),
@@ -90,7 +130,7 @@ def render(
         top1=fmt(v.top1_agreement, ".1%"),
         logits_err=fmt(v.logits_rel_err, ".4f"),
         checked=v.checked,
-        source_dtype=source_dtype,
+        source_dtype=source_dtype(info.config),
         quantized_linear=v.quantized_linear,
         skipped_linear=v.skipped_linear,
         quantize_seconds=f"{result.seconds.get('quantize', 0):.1f}",
@@ -104,7 +144,7 @@ def render(
         quantized_share=f"{result.quantized_share:.1%}" if result.quantized_share is not None else "-",
         peak_disk=human_bytes(result.peak_disk_bytes) if result.peak_disk_bytes is not None else None,
         sample_prompt=SAMPLE_PROMPT,
-        sample_source=v.sample_source,
-        sample=v.sample,
+        sample_source=plain_text(v.sample_source),
+        sample=plain_text(v.sample),
         command=reproduce_command(info, result),
     )

@@ -18,6 +18,7 @@ from torchao.core.config import AOBaseConfig
 
 from . import compute, coverage, int4, resources
 from . import recipes as recipe_registry
+from .bounds import check_config_fits_files
 from .cancel import JobCancelled
 from .engine import copy_side_files, quantize_and_save
 from .errors import InputError, OutputExistsError, QuantizationError, QuantizerError, SourceError
@@ -156,6 +157,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             f"{info.ref} has {human_bytes(info.weight_bytes)} of weights; this Space takes sources up to "
             f"{human_bytes(spec.max_source_bytes)}: duplicate the Space onto larger hardware, or use the CLI."
         )
+    check_config_fits_files(info.config, info.weight_bytes, info.ref)  # before the model is built, even on meta
     covered = coverage.planned(info, recipes, hardware, spec.allow_partial, events)
     private = spec.private if spec.private is not None else (info.private or info.gated)
     if spec.push:

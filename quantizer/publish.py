@@ -77,9 +77,6 @@ class Publisher:
                 result,
                 made_on_hardware=self.hardware,
                 eval_text_name=self.eval_name,
-                source_dtype=str(
-                    self.info.config.get("torch_dtype") or self.info.config.get("dtype") or "the source dtype"
-                ),
             )
             card = ModelCard(self.events.scrub(card.content))  # a path or a name may carry a secret
             if self.spec.push:
@@ -89,7 +86,8 @@ class Publisher:
     def push(self, folder: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None) -> None:
         info, target = self.info, result.target_repo
         revision = f" at {info.revision[:12]}" if info.revision else ""
-        message = self.events.scrub(f"Quantize {info.ref}{revision} with torchao {recipe.name}")
+        named = info.repo_id or info.name  # a local source by its folder's name, never this machine's path
+        message = self.events.scrub(f"Quantize {named}{revision} with torchao {recipe.name}")
         description = self.events.scrub(
             f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
         )

@@ -20,6 +20,7 @@ from huggingface_hub.repocard import metadata_load
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from .bounds import check_side_files
 from .errors import SourceError
 from .events import EventStream
 from .hub import Hub
@@ -183,6 +184,12 @@ def index_name(files: list[str], weights: list[str]) -> str | None:
     return name if name in files else None
 
 
+def read_whole(files: list[str], weights: list[str]) -> list[str]:
+    """The files of a source that a job reads whole: its side files, its shard index and its card."""
+    index = index_name(files, weights)
+    return [f for f in files if f in SIDE_FILES or f == "README.md" or f == index]
+
+
 def check_files(files: list[str], where: str) -> list[str]:
     """Refuse adapters and folders without config or weights; return the weight files to use."""
     if "adapter_config.json" in files:
@@ -219,6 +226,7 @@ class LocalSource:
             raise SourceError(f"{where} is a file, not a folder: give the folder that holds config.json.")
         files = sorted(p.name for p in self.path.iterdir() if p.is_file())
         weights = check_files(files, where)
+        check_side_files({f: (self.path / f).stat().st_size for f in files}, read_whole(files, weights), where)
         if index := index_name(files, weights):
             check_index((self.path / index).read_text(), weights, where, index)
         config = read_config(self.path / "config.json", where)
@@ -255,6 +263,7 @@ class HubSource:
         sizes = self.hub.file_sizes(self.repo_id, sha)
         files = sorted(sizes)
         weights = check_files(files, where)
+        check_side_files(sizes, read_whole(files, weights), where)  # before any of them is downloaded
         with tempfile.TemporaryDirectory(prefix="quantizer-preflight-") as tmp:
             if index := index_name(files, weights):
                 index_path = self.hub.download_file(self.repo_id, sha, index, Path(tmp))

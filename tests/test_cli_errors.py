@@ -230,3 +230,19 @@ def test_a_local_folder_with_a_crafted_index_is_refused_before_loading(tiny_mode
     err = capsys.readouterr().err
     assert code == 2 and "names weight files that are not files of this model" in err and repr(shard) in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_card_pushed_from_a_local_folder_does_not_publish_the_machines_path(tiny_model, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    from tests.conftest import ALICE
+
+    source = tiny_model()
+    code = main([str(source), "alice/from-a-folder", "--token", ALICE, "--no-tracking", "--output-dir", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    api = HfApi(token=ALICE)
+    card = Path(api.hf_hub_download("alice/from-a-folder", "README.md")).read_text()
+    commit = next(c for c in api.list_repo_commits("alice/from-a-folder") if c.title != "initial commit")
+    for published in (card, commit.title, commit.message or ""):
+        assert str(source.parent) not in published
+    assert f"python -m quantizer ./{source.name} alice/from-a-folder" in card

@@ -13,6 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 from gradio_client import Client
 from huggingface_hub import HfApi
@@ -284,3 +285,57 @@ def test_a_repo_someone_else_creates_after_preflight_stops_the_job_and_is_never_
     repo = hub.state.repo("model", "alice/taken-meanwhile")
     assert repo is not None and [c.author for c in repo.commits] == ["someone-else"]  # theirs, as they made it
     assert job_folders(space) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "said"),
+    [
+        # layers the files lack would be allocated (and randomly initialised) while loading
+        ("missing-layers", {"num_hidden_layers": 400}, "config.json describes at least"),
+        # a model this deep costs memory even on the meta device, before any weight is read
+        ("deep", {"num_hidden_layers": 10**9}, "config.json's num_hidden_layers is 1,000,000,000"),
+    ],
+)
+def test_a_config_that_claims_weights_the_files_lack_is_refused_before_loading(
+    space, tiny_model, tmp_path, name, config, said
+):
+    upload_model(HfApi(token=CAROL), f"carol/{name}", variant(tiny_model(), tmp_path / name, config=config))
+    app = psutil.Process(space.proc.pid)
+    before = sum(p.memory_info().rss for p in (app, *app.children(recursive=True)))
+    status, *_ = Client(space.url, verbose=False).predict(source=f"carol/{name}", token=CAROL, api_name="/quantize")
+    assert said in status, status
+    after = sum(p.memory_info().rss for p in (app, *app.children(recursive=True)))
+    assert after - before < 500 * 1024**2  # refused before anything large was allocated
+    assert not HfApi(token=CAROL).repo_exists(f"carol/{name}-torchao-int8wo") and job_folders(space) == []
+
+
+def test_an_oversized_side_file_is_refused_before_it_is_downloaded(space, tiny_model, tmp_path, hub):
+    huge = json.dumps({"padding": "x" * (17 * 1024**2)})  # 17 MB of tokenizer_config.json
+    upload_model(
+        HfApi(token=CAROL),
+        "carol/huge-side",
+        variant(tiny_model(), tmp_path / "huge", extra={"tokenizer_config.json": huge}),
+    )
+    before = len(hub.state.requests)
+    status, *_ = Client(space.url, verbose=False).predict(source="carol/huge-side", token=CAROL, api_name="/quantize")
+    assert "tokenizer_config.json is 17.0 MB, more than the 16 MB such a file may be" in status, status
+    downloads = [path for method, path in hub.state.requests[before:] if method == "GET" and "/resolve/" in path]
+    assert not any("tokenizer_config.json" in path for path in downloads)
+
+
+def test_a_card_carries_only_checked_values_from_the_source(space, tiny_model, tmp_path):
+    injected = "bfloat16\n\n# Hacked\n<script>alert(1)</script> [click](https://evil.example)"
+    card = "---\nlicense: 'mit\n\n# Owned'\nlanguage: [en, '<b>x</b>']\nlicense_link: 'javascript:alert(1)'\n---\n# x\n"
+    source = variant(
+        tiny_model(),
+        tmp_path / "inject",
+        config={"torch_dtype": injected, "dtype": "bfloat16"},
+        extra={"README.md": card},
+    )
+    upload_model(HfApi(token=CAROL), "carol/inject", source)
+    status, *_ = Client(space.url, verbose=False).predict(source="carol/inject", token=CAROL, api_name="/quantize")
+    assert status.startswith("✅ done"), status
+    pushed = Path(HfApi(token=CAROL).hf_hub_download("carol/inject-torchao-int8wo", "README.md")).read_text()
+    assert "Hacked" not in pushed and "<script>" not in pushed and "evil.example" not in pushed
+    assert "Owned" not in pushed and "<b>" not in pushed and "javascript:" not in pushed
+    assert "left in bfloat16" in pushed and "- en" in pushed
