@@ -189,8 +189,10 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
             f"{'' if source_fits else ', more than this machine can load at once'})"
         )
     formats = {r.name: f for r in recipes if (f := r.int4_format(hardware))}
+    # within a deadline, GPTQ may take half of it (the rest: loading, verifying, pushing)
+    budget = min(int4.budget_seconds(), spec.deadline_seconds / 2) if spec.deadline_seconds else None
     int4_method, why = int4.choose_method(
-        spec.int4_method, formats, info.config, streaming=streaming, cuda=hardware.is_cuda
+        spec.int4_method, formats, info.config, streaming=streaming, cuda=hardware.is_cuda, budget=budget
     )
     if why:
         notes.append(why)

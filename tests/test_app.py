@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from gradio_client import Client
@@ -239,15 +240,23 @@ def test_the_form_is_defined_once_and_the_api_needs_only_the_source():
         FormValues(source="alice/m", group_size="big").to_spec(None)
 
 
-def test_the_zerogpu_slot_fits_the_longest_job_the_form_allows(monkeypatch):
+def test_a_job_has_a_deadline_and_a_largest_source_on_a_shared_deployment_and_asks_a_slot_zerogpu_grants(
+    monkeypatch,
+):
     from quantizer import int4
-    from quantizer.spec import JobSpec
-    from ui.worker import zerogpu_seconds
+    from ui import limits
 
-    for budget in ("900", "3600"):
-        monkeypatch.setenv("QUANTIZER_GPTQ_BUDGET", budget)
-        assert zerogpu_seconds(JobSpec(source="a/b")) >= int4.budget_seconds() + 300
-    assert zerogpu_seconds(JobSpec(source="a/b", deadline_seconds=120)) == 180
+    monkeypatch.delenv("QUANTIZER_JOB_TIMEOUT", raising=False)
+    monkeypatch.delenv("QUANTIZER_MAX_SOURCE_BYTES", raising=False)
+    assert limits.deadline_seconds(shared=False) is None and limits.max_source_bytes(shared=False) is None
+    assert limits.deadline_seconds(shared=True) == int4.budget_seconds() + limits.VERIFY_AND_PUSH_SECONDS
+    assert 0 < limits.max_source_bytes(shared=True) <= 4 * psutil.virtual_memory().total
+    monkeypatch.setenv("QUANTIZER_JOB_TIMEOUT", "120")
+    monkeypatch.setenv("QUANTIZER_MAX_SOURCE_BYTES", "5e9")
+    assert limits.deadline_seconds(shared=True) == 120 and limits.max_source_bytes(shared=True) == 5_000_000_000
+    # the slot: the deadline and a margin, never longer than ZeroGPU grants
+    assert limits.slot_seconds(120) == 120 + limits.SLOT_MARGIN_SECONDS
+    assert limits.slot_seconds(3600) == limits.slot_seconds(None) == limits.ZEROGPU_SLOT_SECONDS
 
 
 def test_on_a_space_the_sign_in_token_is_used_and_the_spaces_own_never(ui_source, hub, monkeypatch):

@@ -22,8 +22,9 @@ from quantizer import int4, recipes
 from quantizer.errors import InputError
 from quantizer.hardware import Hardware
 from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
-from quantizer.spec import JobSpec, host_deadline_seconds
+from quantizer.spec import JobSpec
 
+from . import limits
 from .auth import public
 
 AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
@@ -58,8 +59,8 @@ class FormValues:
         shared = public()
         return JobSpec(
             public=shared,
-            max_source_bytes=max_source_bytes() if shared else None,
-            deadline_seconds=host_deadline_seconds(),
+            max_source_bytes=limits.max_source_bytes(shared),
+            deadline_seconds=limits.deadline_seconds(shared),
             source=(self.source or "").strip(),
             target=(self.target_name or "").strip() or None,
             namespace=(self.namespace or "").strip() or None,
@@ -72,12 +73,6 @@ class FormValues:
             token=token,
             private=True if self.private else None,  # unchecked: private when the source is private or gated
         )
-
-
-def max_source_bytes() -> int | None:
-    """The largest source a shared deployment takes (QUANTIZER_MAX_SOURCE_BYTES)."""
-    value = os.environ.get("QUANTIZER_MAX_SOURCE_BYTES")
-    return int(float(value)) if value else None
 
 
 def parse_group_size(value: str | int | None) -> int | None:

@@ -32,12 +32,13 @@ from pathlib import Path
 import psutil
 import spaces
 
-from quantizer import int4
 from quantizer.cancel import CancelToken, JobCancelled
 from quantizer.errors import QuantizerError
 from quantizer.events import Event, EventStream
 from quantizer.pipeline import JobSpec, run
 from quantizer.report import Report
+
+from . import limits
 
 STOP_FILE = "STOP"
 DONE_FILE = "DONE"  # written by the job's process once the job has ended and cleaned up
@@ -45,7 +46,6 @@ STOP_POLL_SECONDS = 0.2
 KILL_AFTER_STOP_SECONDS = 20.0  # a stopped job gets this long to clean up (delete a repo it made) before a kill
 DEADLINE_GRACE_SECONDS = 30.0  # past its deadline the job stops itself; past this too, it is killed
 WATCH_SECONDS = 0.5  # how often the app checks the child's memory and life
-VERIFY_AND_PUSH_SECONDS = 600  # loading, the reference pass, verification and the upload, beside the int4 budget
 MEMORY_SHARE = 0.9  # of the machine's memory, the default cap of a job's process
 
 
@@ -117,18 +117,12 @@ def run_job(spec: JobSpec, folder: str) -> Iterator[Event | Finished]:
 
 
 def zerogpu_seconds(spec: JobSpec, folder: str = "") -> int:
-    """The ZeroGPU slot a job asks for (spaces calls this with the job's own arguments): its deadline when the host
-    set one, else the int4 method's time budget (GPTQ is chosen only when its estimate fits it) plus the rest."""
-    if spec.deadline_seconds:
-        return int(spec.deadline_seconds) + 60
-    return int(int4.budget_seconds()) + VERIFY_AND_PUSH_SECONDS
+    """The ZeroGPU slot a job asks for (spaces calls this with the job's own arguments): its deadline and a margin,
+    within what a slot may last (`limits`)."""
+    return limits.slot_seconds(spec.deadline_seconds)
 
 
 run_on_zerogpu = spaces.GPU(duration=zerogpu_seconds)(run_job)  # unchanged off ZeroGPU
-
-
-def on_zerogpu() -> bool:
-    return hasattr(run_on_zerogpu, "zerogpu")  # spaces marks the functions it wrapped for ZeroGPU
 
 
 def child_main(spec: JobSpec, folder: str, outbox) -> None:
@@ -250,7 +244,7 @@ def stream_isolated(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
     one of its own) unless some type ended well: a job killed mid-save cannot remove its own staging."""
     kept = False
     try:
-        stream = zerogpu_stream(spec, folder) if on_zerogpu() else run_in_child(spec, folder)
+        stream = zerogpu_stream(spec, folder) if limits.on_zerogpu() else run_in_child(spec, folder)
         with contextlib.closing(stream):  # closed here, so the job's process is dealt with before its folder goes
             for item in stream:
                 if isinstance(item, Finished):

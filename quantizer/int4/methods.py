@@ -175,9 +175,11 @@ def choose_method(
     *,
     streaming: bool,
     cuda: bool,
+    budget: float | None = None,
 ) -> tuple[Int4Method | None, str]:
     """The job's int4 method and a sentence saying why. `formats` maps each int4 type of the job to the
-    format it stores here. The default is GPTQ when its estimate fits the budget, else asym."""
+    format it stores here. The default is GPTQ when its estimate fits the budget (`budget` seconds, else
+    QUANTIZER_GPTQ_BUDGET), else asym."""
     method = get_method(requested) if requested else None
     device = "cuda" if cuda else "cpu"
     calibratable = [name for name, fmt in formats.items() if fmt.takes_calibrated(device)]
@@ -203,7 +205,7 @@ def choose_method(
             "and this job streams it"
         )
     minutes = DEFAULT_METHOD.estimated_seconds(linear_params_from_config(config)) / 60
-    budget = budget_seconds() / 60
+    budget = (budget if budget is not None else budget_seconds()) / 60
     if minutes <= budget:
         return DEFAULT_METHOD, (
             f"int4 method {DEFAULT_METHOD.name}, the most accurate (about {minutes:.0f} min on 2 CPU cores)"
