@@ -33,7 +33,6 @@ def space(hub, tmp_path_factory):
     (base / "tmp").mkdir()
     env = {
         "QUANTIZER_PUBLIC": "1",
-        "QUANTIZER_CONCURRENCY": "4",  # the queue lets several in: the job lock and the visitor limit must hold
         "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
         "QUANTIZER_OUTPUT_TTL": "4",
         "GRADIO_HEARTBEAT_INTERVAL": "1",
@@ -339,3 +338,18 @@ def test_a_card_carries_only_checked_values_from_the_source(space, tiny_model, t
     assert "Hacked" not in pushed and "<script>" not in pushed and "evil.example" not in pushed
     assert "Owned" not in pushed and "<b>" not in pushed and "javascript:" not in pushed
     assert "left in bfloat16" in pushed and "- en" in pushed
+
+
+def test_anonymous_calls_are_refused_at_once_and_never_fill_the_queue(space, sources):
+    """Ten anonymous calls while a job runs: each is refused at once, and a signed-in visitor's job still gets in
+    (with the default concurrency the handlers do not wait in the queue behind the running job)."""
+    alice, carol = Client(space.url, verbose=False), Client(space.url, verbose=False)
+    running = quantize(alice, source=sources["slow"], quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE)
+    wait_for(running, r"▶ checking alice/slow")
+    strangers = [quantize(Client(space.url, verbose=False), source=sources["small"]) for _ in range(10)]
+    for stranger in strangers:
+        assert "sign in with Hugging Face first" in stranger.result(timeout=pace.seconds(60))[0]
+    waiting = quantize(carol, source=sources["small"], token=CAROL, save_only=True)
+    wait_for(waiting, "waiting for the job ahead")  # in, behind the running job: not "the queue is full"
+    alice.predict(token=ALICE, api_name="/stop")
+    assert waiting.result(timeout=pace.seconds(120))[0].startswith("✅ done")

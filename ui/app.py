@@ -25,6 +25,7 @@ from .worker import Finished
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 LOG_INTERVAL = 0.25  # seconds between page updates while events stream in
+DEFAULT_CONCURRENCY = 16  # handlers at once; one job runs at a time whatever this says (ui.jobs.RUN_LOCK)
 
 
 def suggested_name(source: str, types: list[str]) -> str:
@@ -241,7 +242,9 @@ def build_app() -> gr.Blocks:
             [form[name] for name in NAMES],
             [status, log, results, chart, samples, report, download],
             api_name="quantize",
-            concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", "1")),
+            # handlers never wait in the queue behind a running job: jobs wait for the job lock inside their handler,
+            # so a stranger's call is refused (sign in, the per-visitor limit) at once instead of holding a slot
+            concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", str(DEFAULT_CONCURRENCY))),
         )
         stop_button.click(stop, token, status, api_name="stop", cancels=[run], queue=False)
         app.unload(page_closed)
