@@ -11,7 +11,13 @@ files hold.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
 from .errors import SourceError
+
+T = TypeVar("T")
 
 MB = 1024**2
 # The largest side file of each kind a job reads (real ones: configs and cards of kilobytes, indexes of a few MB for
@@ -106,3 +112,24 @@ def check_config_fits_files(config: dict, weight_bytes: int, where: str) -> None
             f"{weight_bytes / 1e9:.2f} GB: loading would allocate the weights they lack. Make config.json match the "
             "checkpoint (or upload the missing weights)."
         )
+
+
+def within(seconds: float, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, or a SourceError when it has not returned after `seconds` (a source's template or tokenizer that
+    never finishes). Whatever `fn` raises is raised here; a call that overran is left to end with the job's process."""
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # a panic too: raised again in the job's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=call, name="bounded-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise SourceError(f"{what} did not finish within {seconds:g} s: fix it and re-save it.")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

@@ -18,13 +18,17 @@ from importlib import metadata
 
 import torch
 
-from .errors import InputError
+from .bounds import within
+from .errors import InputError, SourceError
 
 DEFAULT_EVAL_TOKENS = 2048
 WINDOW = 256  # perplexity window length, tokens
 LOGITS_BATCH = (4, 64)  # sequences x tokens for the logits comparison
 SAMPLE_PROMPT = "What is the capital of France? Answer in one sentence."
 SAMPLE_TOKENS = 24
+# a chat template frames a one-line question in milliseconds and a few hundred characters
+TEMPLATE_SECONDS = 10.0
+TEMPLATE_CHARS = 100_000
 DEFAULT_CALIBRATION_TOKENS = 16384
 CALIBRATION_SEQ_LEN = 256
 MIX_CHUNK = 2000  # characters each source gives in turn to a mixed text
@@ -182,10 +186,21 @@ def build_eval_data(tokenizer, text: str, eval_tokens: int = DEFAULT_EVAL_TOKENS
 
 
 def prompt_ids(tokenizer) -> torch.Tensor:
+    """The sample question as the model's chat template frames it. The template is the source's (a stranger's code,
+    run in Jinja's sandbox): its rendering is bounded in time and its output in size."""
     if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": SAMPLE_PROMPT}], tokenize=False, add_generation_prompt=True
+        text = within(
+            TEMPLATE_SECONDS,
+            "the source's chat template",
+            lambda: tokenizer.apply_chat_template(
+                [{"role": "user", "content": SAMPLE_PROMPT}], tokenize=False, add_generation_prompt=True
+            ),
         )
+        if not isinstance(text, str) or len(text) > TEMPLATE_CHARS:
+            raise SourceError(
+                f"the source's chat template turns a one-line question into {len(text):,} characters (at most "
+                f"{TEMPLATE_CHARS:,} here): fix the template."
+            )
         return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     return tokenizer(SAMPLE_PROMPT, return_tensors="pt")["input_ids"]
 

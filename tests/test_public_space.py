@@ -353,3 +353,25 @@ def test_anonymous_calls_are_refused_at_once_and_never_fill_the_queue(space, sou
     wait_for(waiting, "waiting for the job ahead")  # in, behind the running job: not "the queue is full"
     alice.predict(token=ALICE, api_name="/stop")
     assert waiting.result(timeout=pace.seconds(120))[0].startswith("✅ done")
+
+
+@pytest.mark.parametrize(
+    ("name", "template", "said"),
+    [
+        (
+            "endless-template",
+            "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}x",
+            "the source's chat template did not finish within 10 s",
+        ),
+        ("huge-template", "{{ 'x' * 50000000 }}", "turns a one-line question into 50,000,000 characters"),
+    ],
+)
+def test_a_chat_template_that_never_ends_or_explodes_is_refused(space, tiny_model, tmp_path, name, template, said):
+    source = variant(
+        tiny_model(), tmp_path / name, drop=("chat_template.jinja",), extra={"chat_template.jinja": template}
+    )
+    upload_model(HfApi(token=CAROL), f"carol/{name}", source)
+    job = quantize(Client(space.url, verbose=False), source=f"carol/{name}", token=CAROL, save_only=True)
+    status = job.result(timeout=pace.seconds(120))[0]
+    assert said in status, status
+    assert job_folders(space) == []
