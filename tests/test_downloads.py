@@ -45,3 +45,18 @@ def test_expired_archives_are_swept_and_an_output_over_the_quota_is_refused(tmp_
     with pytest.raises(QuantizerError, match="larger than this Space keeps for downloads"):
         downloads.archive([make_output(tmp_path, "big", 5000)], tmp_path)
     assert list(tmp_path.glob("*.zip")) == []
+
+
+def test_gradios_copies_of_an_archive_count_in_the_quota_and_go_with_it(tmp_path, monkeypatch):
+    """Should Gradio copy an archive into its cache (the app serves the output root in place, so it should not),
+    the copy counts in the quota and is deleted with its archive."""
+    root, cache = tmp_path / "saved", tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    monkeypatch.setenv("QUANTIZER_DISK_QUOTA", "3000")
+    first = downloads.archive([make_output(tmp_path, "a", 1000)], root)
+    copy = cache / "somehash" / first.name
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(first.read_bytes())
+    os.utime(first, (time.time() - 10, time.time() - 10))
+    second = downloads.archive([make_output(tmp_path, "b", 1000)], root)  # 2 archives + 1 copy: over 3000 bytes
+    assert not first.exists() and not copy.exists() and second.exists()

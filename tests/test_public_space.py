@@ -37,6 +37,7 @@ def space(hub, tmp_path_factory):
         "QUANTIZER_OUTPUT_TTL": "4",
         "GRADIO_HEARTBEAT_INTERVAL": "1",
         "TMPDIR": str(base / "tmp"),  # every job folder of the app lands here
+        "GRADIO_TEMP_DIR": str(base / "gradio"),  # where Gradio would copy files it serves
         "HF_TOKEN": ALICE,  # the host's own token: a visitor's job must never use it
     }
     server = AppServer(base / "app.log", env=env).start()
@@ -184,6 +185,7 @@ def test_save_only_gives_a_download_and_the_space_keeps_nothing_for_long(space, 
     assert "small-torchao-int8wo/model.safetensors" in names and "small-torchao-int8wo/README.md" in names
     saved = space.base / "saved"
     assert [p.suffix for p in saved.iterdir()] == [".zip"]  # no folder left behind
+    assert not list((space.base / "gradio").rglob("*.zip"))  # and no copy outside the quota
     first = next(saved.iterdir())
     time.sleep(5)  # past QUANTIZER_OUTPUT_TTL: the next job sweeps it
     client.predict(source=sources["small"], save_only=True, token=CAROL, api_name="/quantize")

@@ -253,6 +253,8 @@ def build_app() -> gr.Blocks:
 
 def launch(app: gr.Blocks) -> None:
     app.queue(max_size=int(os.environ.get("QUANTIZER_MAX_QUEUE", "8")))
+    # archives are served from where they are, never copied into Gradio's cache outside the download quota
+    gr.set_static_paths([str(output_root())])
     app.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),

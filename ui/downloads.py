@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+from gradio.utils import get_upload_folder
+
 from quantizer.errors import QuantizerError
 
 DEFAULT_TTL_SECONDS = 3600
@@ -32,18 +34,34 @@ def archives(root: Path) -> list[Path]:
     return sorted(root.glob("*.zip"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
 
 
+def copies(archive: Path) -> list[Path]:
+    """Gradio's cached copies of an archive (`<cache>/<hash>/<name>`). The app serves the output root as a static
+    path, so Gradio should make none; any it made anyway count in the quota and go with the archive."""
+    cache = Path(get_upload_folder())
+    return list(cache.glob(f"*/{archive.name}")) if cache.is_dir() else []
+
+
+def footprint(archive: Path) -> int:
+    return sum(p.stat().st_size for p in (archive, *copies(archive)) if p.exists())
+
+
+def remove(archive: Path) -> None:
+    for path in (archive, *copies(archive)):
+        path.unlink(missing_ok=True)
+
+
 def sweep(root: Path, *, room_for: int = 0) -> None:
-    """Delete expired archives, then the oldest until `room_for` more bytes fit in the quota."""
+    """Delete expired archives, then the oldest until `room_for` more bytes fit in the quota (copies counted)."""
     now = time.time()
     for path in archives(root):
         if now - path.stat().st_mtime > ttl_seconds():
-            path.unlink(missing_ok=True)
+            remove(path)
     kept = archives(root)
-    total = sum(p.stat().st_size for p in kept)
+    total = sum(footprint(p) for p in kept)
     while kept and total + room_for > quota_bytes():
         oldest = kept.pop(0)
-        total -= oldest.stat().st_size
-        oldest.unlink(missing_ok=True)
+        total -= footprint(oldest)
+        remove(oldest)
 
 
 def archive(folders: list[Path], root: Path) -> Path:
