@@ -377,3 +377,22 @@ def test_a_chat_template_that_never_ends_or_explodes_is_refused(space, tiny_mode
     status = job.result(timeout=pace.seconds(120))[0]
     assert said in status, status
     assert job_folders(space) == []
+
+
+def test_stop_during_a_save_only_job_leaves_no_folder(space, sources):
+    saved = space.base / "saved"
+    before = set(saved.iterdir()) if saved.exists() else set()
+    client = Client(space.url, verbose=False)
+    job = quantize(
+        client,
+        source=sources["slow"],
+        quant_types=["int4_weight_only"],
+        int4_method="gptq",
+        token=CAROL,
+        save_only=True,
+    )
+    wait_for(job, r"quantizing with gptq int4")
+    client.predict(token=CAROL, api_name="/stop")
+    assert "stopped: stopped by its visitor; nothing was kept" in job.result(timeout=pace.seconds(60))[0]
+    after = set(saved.iterdir()) if saved.exists() else set()
+    assert after == before and job_folders(space) == []  # neither the job's output folder nor its staging
