@@ -145,8 +145,10 @@ MEASURE = re.compile(r"(?<![\w.])[+-]?\d+(?:\.\d+)?\s?(?:%|MB|GB|KB|ms|s|min|min
 def settings() -> dict[str, str]:
     """Numbers in the prose that are settings or formulas, not measurements: each with the value the code or the
     formula gives, so a changed setting fails here until the prose follows."""
-    from quantizer import int4, resources, verify
-    from ui import downloads
+    from spaces.zero.client import PRO_QUOTA_MINUTES
+
+    from quantizer import int4, resources, texts, verify
+    from ui import downloads, limits, worker
 
     def share(bytes_per_weight: float) -> float:
         return bytes_per_weight / 2  # of bf16's two bytes
@@ -163,6 +165,11 @@ def settings() -> dict[str, str]:
         "56%": f"{share(1 + 4 / 32):.0%}",  # Intx int4: one byte a value, bf16 scale and zero per group of 32
         "26.6%": f"{share(0.5 + 4 / 128):.1%}",  # tile-packed: half a byte a value, scale and zero per 128
         "1.7 GB": "1.7 GB",  # the memory limit the larger-than-memory benchmark sets (its --limit-bytes)
+        "300 s": f"{limits.ZEROGPU_SLOT_SECONDS} s",
+        "40 minutes": f"{PRO_QUOTA_MINUTES} minutes",  # what spaces' own message offers PRO accounts
+        "90%": f"{worker.MEMORY_SHARE:.0%}",
+        "25 minutes": f"{(int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS + limits.VERIFY_AND_PUSH_SECONDS) / 60:.0f} minutes",
+        "10 s": f"{texts.TEMPLATE_SECONDS:g} s",
     }
 
 
