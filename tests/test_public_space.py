@@ -20,7 +20,7 @@ from huggingface_hub import HfApi
 
 from tests.conftest import ALICE, CAROL
 from tests.support import pace
-from tests.support.app_server import AppServer
+from tests.support.app_server import shared_space
 from tests.support.hub_repos import upload_model, variant
 from tests.support.models import TinyShape
 
@@ -29,33 +29,23 @@ SLOW_SHAPE = TinyShape(hidden=512, intermediate=4096, layers=12)  # GPTQ takes t
 
 @pytest.fixture(scope="module")
 def space(hub, tmp_path_factory):
-    base = tmp_path_factory.mktemp("public-space")
-    (base / "tmp").mkdir()
-    env = {
-        "QUANTIZER_PUBLIC": "1",
-        "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
-        "QUANTIZER_OUTPUT_TTL": "4",
-        "GRADIO_HEARTBEAT_INTERVAL": "1",
-        "TMPDIR": str(base / "tmp"),  # every job folder of the app lands here
-        "GRADIO_TEMP_DIR": str(base / "gradio"),  # where Gradio would copy files it serves
-        "HF_TOKEN": ALICE,  # the host's own token: a visitor's job must never use it
-    }
-    server = AppServer(base / "app.log", env=env).start()
-    server.base = base
-    yield server
-    server.stop()
-    log = (base / "app.log").read_text()
-    assert ALICE not in log and CAROL not in log
+    yield from shared_space(tmp_path_factory.mktemp("public-space"), ALICE, (ALICE, CAROL))
+
+
+def alices_sources(tiny_model, base: Path, prefix: str = "", secret: bool = True) -> dict[str, str]:
+    """alice's repos the tests quantize: a tiny model, one GPTQ takes tens of seconds on, and a private one."""
+    shapes = {"small": None, "slow": SLOW_SHAPE, **({"secret": None} if secret else {})}
+    repos = {}
+    for name, shape in shapes.items():
+        repos[name] = f"alice/{prefix}{name}"
+        folder = variant(tiny_model(shape) if shape else tiny_model(), base / name)
+        upload_model(HfApi(token=ALICE), repos[name], folder, private=name == "secret")
+    return repos
 
 
 @pytest.fixture(scope="module")
 def sources(hub, tiny_model, tmp_path_factory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("public-sources")
-    alice = HfApi(token=ALICE)
-    upload_model(alice, "alice/small", variant(tiny_model(), base / "small"))
-    upload_model(alice, "alice/slow", variant(tiny_model(SLOW_SHAPE), base / "slow"))
-    upload_model(alice, "alice/secret", variant(tiny_model(), base / "secret"), private=True)
-    return {"small": "alice/small", "slow": "alice/slow", "secret": "alice/secret"}
+    return alices_sources(tiny_model, tmp_path_factory.mktemp("public-sources"))
 
 
 def job_folders(space) -> list[Path]:
@@ -134,16 +124,22 @@ def wait_for(job, pattern: str, timeout: float = 120) -> str:
     raise AssertionError(f"no {pattern!r} in the log after {timeout}s")
 
 
-def test_stop_in_the_middle_of_quantization_leaves_nothing(space, sources):
+def stop_in_the_middle_of_gptq(space, source: str) -> Client:
+    """Start GPTQ on `source` as alice, press Stop once it runs: the job ends within seconds, leaving nothing."""
     client = Client(space.url, verbose=False)
-    job = quantize(client, source=sources["slow"], quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE)
-    wait_for(job, r"gptq \d+/12|quantizing with gptq int4")
+    job = quantize(client, source=source, quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE)
+    wait_for(job, r"quantizing with gptq int4")
     stopped_at = time.time()
     assert client.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 1 job")
     status = job.result()[0]
     assert "stopped: stopped by its visitor; nothing was kept" in status
     assert time.time() - stopped_at < pace.seconds(10)
-    assert not HfApi(token=ALICE).repo_exists("alice/slow-torchao-int4wo") and job_folders(space) == []
+    assert not HfApi(token=ALICE).repo_exists(f"{source}-torchao-int4wo") and job_folders(space) == []
+    return client
+
+
+def test_stop_in_the_middle_of_quantization_leaves_nothing(space, sources):
+    client = stop_in_the_middle_of_gptq(space, sources["slow"])
     run = next(r for r in client.predict(token=ALICE, api_name="/history")["data"] if "slow-torchao-int4wo" in r[3])
     assert run[6].startswith("cancelled")
 

@@ -8,18 +8,14 @@ with two visitors, driven through the real gradio_client. What is replaced, and 
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from gradio_client import Client
 from huggingface_hub import HfApi
 
 from loopback.zerogpu import DeviceAPI
 from tests.conftest import ALICE, CAROL
-from tests.support import pace
-from tests.support.app_server import AppServer
-from tests.support.hub_repos import upload_model, variant
-from tests.test_public_space import SLOW_SHAPE, job_folders, wait_for
+from tests.support.app_server import shared_space
+from tests.test_public_space import alices_sources, job_folders, stop_in_the_middle_of_gptq, wait_for
 from ui.limits import ZEROGPU_SLOT_SECONDS
 
 
@@ -32,33 +28,14 @@ def device():
 
 @pytest.fixture(scope="module")
 def space(hub, device, tmp_path_factory):
+    zerogpu = {"SPACES_ZERO_GPU": "true", "SPACES_ZERO_DEVICE_API_URL": device.url}
     base = tmp_path_factory.mktemp("zerogpu-space")
-    (base / "tmp").mkdir()
-    env = {
-        "QUANTIZER_PUBLIC": "1",
-        "SPACES_ZERO_GPU": "true",
-        "SPACES_ZERO_DEVICE_API_URL": device.url,
-        "QUANTIZER_CONCURRENCY": "4",  # the queue lets several in: the job lock and the visitor limit must hold
-        "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
-        "GRADIO_HEARTBEAT_INTERVAL": "1",
-        "TMPDIR": str(base / "tmp"),
-        "HF_TOKEN": ALICE,  # the host's own token: a visitor's job must never use it
-    }
-    server = AppServer(base / "app.log", env=env, module="tests.support.zerogpu_app").start()
-    server.base = base
-    yield server
-    server.stop()
-    log = (base / "app.log").read_text()
-    assert ALICE not in log and CAROL not in log
+    yield from shared_space(base, ALICE, (ALICE, CAROL), zerogpu, module="tests.support.zerogpu_app")
 
 
 @pytest.fixture(scope="module")
 def sources(hub, tiny_model, tmp_path_factory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("zerogpu-sources")
-    alice = HfApi(token=ALICE)
-    upload_model(alice, "alice/zg-small", variant(tiny_model(), base / "small"))
-    upload_model(alice, "alice/zg-slow", variant(tiny_model(SLOW_SHAPE), base / "slow"))
-    return {"small": "alice/zg-small", "slow": "alice/zg-slow"}
+    return alices_sources(tiny_model, tmp_path_factory.mktemp("zerogpu-sources"), prefix="zg-", secret=False)
 
 
 def test_a_job_runs_in_the_gpu_worker_and_is_pushed(space, sources, device):
@@ -77,17 +54,7 @@ def test_a_job_runs_in_the_gpu_worker_and_is_pushed(space, sources, device):
 
 
 def test_stop_ends_a_job_in_the_gpu_worker_within_seconds_leaving_nothing(space, sources):
-    client = Client(space.url, verbose=False)
-    job = client.submit(
-        source=sources["slow"], quant_types=["int4_weight_only"], int4_method="gptq", token=ALICE, api_name="/quantize"
-    )
-    wait_for(job, r"quantizing with gptq int4")
-    stopped_at = time.time()
-    assert client.predict(token=ALICE, api_name="/stop").startswith("⏹ stopping 1 job")
-    status = job.result()[0]
-    assert "stopped: stopped by its visitor; nothing was kept" in status
-    assert time.time() - stopped_at < pace.seconds(10)
-    assert not HfApi(token=ALICE).repo_exists("alice/zg-slow-torchao-int4wo") and job_folders(space) == []
+    stop_in_the_middle_of_gptq(space, sources["slow"])
 
 
 def test_two_visitors_limits_hold_across_the_worker(space, sources):

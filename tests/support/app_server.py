@@ -62,3 +62,27 @@ class AppServer:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def shared_space(base: Path, host_token: str, visitors: tuple[str, ...], env: dict[str, str] | None = None, **kwargs):
+    """The app as a shared deployment (QUANTIZER_PUBLIC=1) in `base`: job folders under base/tmp, save-only outputs
+    under base/saved, Gradio's files under base/gradio, and the host's own token set (a visitor's job must never use
+    it). A generator for a module fixture: it yields the server and, once stopped, checks that no token reached its
+    log."""
+    (base / "tmp").mkdir()
+    settings = {
+        "QUANTIZER_PUBLIC": "1",
+        "QUANTIZER_OUTPUT_ROOT": str(base / "saved"),
+        "QUANTIZER_OUTPUT_TTL": "4",
+        "GRADIO_HEARTBEAT_INTERVAL": "1",
+        "TMPDIR": str(base / "tmp"),  # every job folder of the app lands here
+        "GRADIO_TEMP_DIR": str(base / "gradio"),  # where Gradio would copy files it serves
+        "HF_TOKEN": host_token,
+        **(env or {}),
+    }
+    server = AppServer(base / "app.log", env=settings, **kwargs).start()
+    server.base = base
+    yield server
+    server.stop()
+    log = (base / "app.log").read_text()
+    assert not any(token in log for token in (host_token, *visitors))
