@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 AVX2_ONLY = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+CLOSING = re.compile(r"\d+ (passed|failed).* in [\d.]+s")  # pytest's last line: "202 passed in 935.57s (0:15:35)"
 
 
 def describe(env: dict[str, str]) -> dict:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         check=False,
     )
     seconds = time.perf_counter() - started
-    closing = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if " in " in ln and "=" in ln), "")
+    closing = next((ln.strip("= ") for ln in reversed(proc.stdout.splitlines()) if CLOSING.search(ln)), "")
     name = results_name("test-suite", machine)
     record = {"seconds": round(seconds, 1), "exit_code": proc.returncode, "closing": closing, "machine": machine}
     RESULTS.mkdir(exist_ok=True)

@@ -29,6 +29,7 @@ SAMPLE_TOKENS = 24
 # a chat template frames a one-line question in milliseconds and a few hundred characters
 TEMPLATE_SECONDS = 10.0
 TEMPLATE_CHARS = 100_000
+TOKENIZE_SECONDS = 120.0  # SmolLM2's tokenizer takes 0.25-0.3 s for the built-in texts (0.5 MB each) on 2 cores
 DEFAULT_CALIBRATION_TOKENS = 16384
 CALIBRATION_SEQ_LEN = 256
 MIX_CHUNK = 2000  # characters each source gives in turn to a mixed text
@@ -171,8 +172,17 @@ class EvalData:
         return self.windows.numel()
 
 
+def token_ids(tokenizer, text: str) -> torch.Tensor:
+    """`text` through the source's tokenizer (a stranger's rules and regexes), bounded in time."""
+    return within(
+        TOKENIZE_SECONDS,
+        "the source's tokenizer",
+        lambda: tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0],
+    )
+
+
 def build_eval_data(tokenizer, text: str, eval_tokens: int = DEFAULT_EVAL_TOKENS) -> EvalData:
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    ids = token_ids(tokenizer, text)
     n_windows = max(1, eval_tokens // WINDOW)
     rows, cols = LOGITS_BATCH
     needed = n_windows * WINDOW + rows * cols
@@ -201,14 +211,16 @@ def prompt_ids(tokenizer) -> torch.Tensor:
                 f"the source's chat template turns a one-line question into {len(text):,} characters (at most "
                 f"{TEMPLATE_CHARS:,} here): fix the template."
             )
-        return tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    return tokenizer(SAMPLE_PROMPT, return_tensors="pt")["input_ids"]
+        return token_ids(tokenizer, text).unsqueeze(0)
+    return within(TOKENIZE_SECONDS, "the source's tokenizer", lambda: tokenizer(SAMPLE_PROMPT, return_tensors="pt"))[
+        "input_ids"
+    ]
 
 
 def calibration_ids(
     tokenizer, text: str, n_tokens: int = DEFAULT_CALIBRATION_TOKENS, seq_len: int = CALIBRATION_SEQ_LEN
 ) -> torch.Tensor:
     """Calibration token ids as [rows, seq_len]."""
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    ids = token_ids(tokenizer, text)
     rows = max(1, min(n_tokens, ids.numel()) // seq_len)
     return ids[: rows * seq_len].reshape(rows, seq_len)

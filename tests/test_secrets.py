@@ -51,7 +51,8 @@ def test_a_hub_error_that_echoes_the_token_is_scrubbed(hub, capsys):
 
 def test_an_unexpected_failure_mid_job_and_its_debug_traceback_are_scrubbed(tiny_model, tmp_path, capsys):
     source = variant(tiny_model(), tmp_path / f"broken-{SECRET}")
-    (source / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken!")  # not safetensors
+    weights = source / "model.safetensors"  # as large as the config says, so preflight passes it, but not safetensors
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken!" + bytes(weights.stat().st_size))
     out = tmp_path / "out"
     argv = [str(source), "x", "--save-only", "--output-dir", str(out), "--json", "--no-tracking", "--debug"]
     code = main([*argv, "--token", SECRET])

@@ -186,6 +186,7 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
     hard_deadline = time.monotonic() + spec.deadline_seconds + DEADLINE_GRACE_SECONDS if spec.deadline_seconds else None
     stop_asked: float | None = None
     finished = False
+    next_look = time.monotonic() + WATCH_SECONDS
     try:
         while True:
             try:
@@ -197,7 +198,9 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
                 if isinstance(item, Finished):
                     finished = True
                     return
-                continue
+                if time.monotonic() < next_look:  # a job that talks all the time is looked at all the same
+                    continue
+            next_look = time.monotonic() + WATCH_SECONDS
             if not child.is_alive():
                 with contextlib.suppress(queue.Empty):  # what it wrote just before it ended
                     while True:
