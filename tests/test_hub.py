@@ -102,6 +102,8 @@ def test_repo_id_to_pushed_target_that_stock_transformers_loads(hub, hub_source,
         "HF_HOME": str(tmp_path / "hf"),
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
         "TORCHAO_FORCE_SKIP_LOADING_SO_FILES": "1",
+        # the same machine as the job's: a CPU limited to AVX2 kernels stays limited in the fresh process
+        **{k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
     }
     proc = subprocess.run(
         [sys.executable, "-c", script, hub_source, "alice/tiny-int8"],
