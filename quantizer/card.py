@@ -9,6 +9,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .compute import configured_dtype
 from .hardware import Hardware
 from .hub import repo_url
 from .int4 import method_description
@@ -27,7 +28,6 @@ COPIED_FIELDS = {
     "language": re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?"),
     "pipeline_tag": re.compile(r"text-generation|text2text-generation|conversational"),
 }
-DTYPE_NAMES = ("bfloat16", "float16", "float32")
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
 
 
@@ -48,10 +48,7 @@ def copied_fields(card_data: dict) -> dict:
 
 def source_dtype(config: dict) -> str:
     """The dtype the source's config names, when it is one; else a phrase (a config's text is not published)."""
-    for key in ("dtype", "torch_dtype"):
-        if config.get(key) in DTYPE_NAMES:
-            return config[key]
-    return "the source dtype"
+    return configured_dtype(config) or "the source dtype"
 
 
 def plain_text(text: str, limit: int = 500) -> str:

@@ -68,14 +68,17 @@ def probe(dtype: torch.dtype) -> Probe:
     return Probe(dtype=str(dtype).removeprefix("torch."), seconds=low, float32_seconds=high)
 
 
+def _override() -> str:
+    return os.environ.get(OVERRIDE, "").strip().lower()
+
+
 def compute_dtype(stored: torch.dtype, device: str) -> torch.dtype:
     """The dtype forward passes run in for weights stored as `stored` on `device`."""
     if device != "cpu" or stored not in LOW_PRECISION:
         return stored
-    override = os.environ.get(OVERRIDE, "").strip().lower()
-    if override == "float32":
+    if _override() == "float32":
         return torch.float32
-    if override == "source":
+    if _override() == "source":
         return stored
     return torch.float32 if probe(stored).slower_than_float32 else stored
 
@@ -86,7 +89,7 @@ def reason(stored: torch.dtype, device: str) -> str:
     name = str(stored).removeprefix("torch.")
     if compute == stored:
         return f"computing in {name}, the source's dtype"
-    if os.environ.get(OVERRIDE, "").strip().lower() == "float32":
+    if _override() == "float32":
         return f"computing in float32 ({OVERRIDE}=float32); weights stay {name}"
     measured = probe(stored)
     return (
@@ -95,11 +98,16 @@ def reason(stored: torch.dtype, device: str) -> str:
     )
 
 
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A plain low-precision tensor in `dtype`; any other tensor as it is."""
+    return tensor.to(dtype) if tensor.dtype in LOW_PRECISION and tensor.dtype != dtype else tensor
+
+
 def cast_floats(value, dtype: torch.dtype):
     """`value` with every low-precision floating tensor in it (also inside tuples, lists and dicts) cast to
     `dtype`: the position embeddings and masks a decoder layer is called with."""
     if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.dtype in LOW_PRECISION and value.dtype != dtype else value
+        return _cast(value, dtype)
     if isinstance(value, tuple | list):
         return type(value)(cast_floats(v, dtype) for v in value)
     if isinstance(value, dict):
@@ -112,7 +120,7 @@ def for_compute(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     `dtype` inputs as it is (int8's); any other torchao tensor dequantized (on a CPU torchao's own forward for
     them is a dequantize and a matmul too)."""
     if type(tensor) in (torch.Tensor, torch.nn.Parameter):
-        return tensor.to(dtype) if tensor.dtype in LOW_PRECISION and tensor.dtype != dtype else tensor
+        return _cast(tensor, dtype)
     if tensor.dtype == dtype or _takes_any_float_input(tensor):
         return tensor
     return tensor.dequantize().to(dtype)
@@ -124,24 +132,33 @@ def _takes_any_float_input(tensor: torch.Tensor) -> bool:
     return isinstance(tensor, Int8Tensor)
 
 
-def upcast_model(model: torch.nn.Module, dtype: torch.dtype) -> int:
+def upcast_model(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Put every parameter and floating buffer of `model` in `dtype` for computing (see `for_compute`), one
-    tensor at a time so the peak is the upcast model plus one tensor; returns how many were changed."""
-    changed = 0
+    tensor at a time so the peak is the upcast model plus one tensor. A parameter shared by several modules (tied
+    embeddings) is upcast once and stays shared."""
+    upcast: dict[int, torch.nn.Parameter] = {}  # id of the original parameter -> its upcast replacement
     for module in model.modules():
         for name, param in list(module._parameters.items()):
             if param is None:
                 continue
+            if id(param) in upcast:
+                module._parameters[name] = upcast[id(param)]
+                continue
             new = for_compute(param.data if type(param) is torch.nn.Parameter else param, dtype)
             if new is not param.data and new is not param:
-                module._parameters[name] = torch.nn.Parameter(new, requires_grad=False)
-                changed += 1
+                upcast[id(param)] = module._parameters[name] = torch.nn.Parameter(new, requires_grad=False)
         for name, buffer in list(module._buffers.items()):
-            if buffer is not None and buffer.dtype in LOW_PRECISION and buffer.dtype != dtype:
-                module._buffers[name] = buffer.to(dtype)
-                changed += 1
+            if buffer is not None:
+                module._buffers[name] = _cast(buffer, dtype)
     model.config.dtype = dtype  # what transformers' mask and cache code reads
-    return changed
+
+
+def to_compute_dtype(model: torch.nn.Module, device: str) -> torch.nn.Module:
+    """A loaded model, upcast where the machine would emulate its dtype (`compute_dtype`); returns it."""
+    dtype = compute_dtype(model.dtype, device)
+    if dtype != model.dtype:
+        upcast_model(model, dtype)
+    return model
 
 
 @functools.cache
@@ -228,14 +245,20 @@ def describe_flags(machine: dict) -> str:
     )
 
 
-def stored_dtype(config: dict) -> torch.dtype:
-    """The dtype a source's config says its weights are in; bfloat16 when it names none or something unknown (the
-    estimate that counts an upcast, where one would happen, is the safe one)."""
+def configured_dtype(config: dict) -> str | None:
+    """The name of the dtype a source's config gives its weights, when it is one of DTYPE_NAMES (a config's other
+    text is a stranger's, never shown)."""
     for key in ("dtype", "torch_dtype"):
         value = config.get(key)
         if isinstance(value, str) and value in DTYPE_NAMES:
-            return DTYPE_NAMES[value]
-    return torch.bfloat16
+            return value
+    return None
+
+
+def stored_dtype(config: dict) -> torch.dtype:
+    """The dtype a source's config says its weights are in; bfloat16 when it names none or something unknown (the
+    estimate that counts an upcast, where one would happen, is the safe one)."""
+    return DTYPE_NAMES[configured_dtype(config) or "bfloat16"]
 
 
 def upcast_factor(config: dict, device: str) -> float:

@@ -172,12 +172,12 @@ class EvalData:
         return self.windows.numel()
 
 
-def token_ids(tokenizer, text: str) -> torch.Tensor:
+def token_ids(tokenizer, text: str, *, special_tokens: bool = False) -> torch.Tensor:
     """`text` through the source's tokenizer (a stranger's rules and regexes), bounded in time."""
     return within(
         TOKENIZE_SECONDS,
         "the source's tokenizer",
-        lambda: tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0],
+        lambda: tokenizer(text, add_special_tokens=special_tokens, return_tensors="pt")["input_ids"][0],
     )
 
 
@@ -212,9 +212,7 @@ def prompt_ids(tokenizer) -> torch.Tensor:
                 f"{TEMPLATE_CHARS:,} here): fix the template."
             )
         return token_ids(tokenizer, text).unsqueeze(0)
-    return within(TOKENIZE_SECONDS, "the source's tokenizer", lambda: tokenizer(SAMPLE_PROMPT, return_tensors="pt"))[
-        "input_ids"
-    ]
+    return token_ids(tokenizer, SAMPLE_PROMPT, special_tokens=True).unsqueeze(0)
 
 
 def calibration_ids(

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .compute import compute_dtype, upcast_model
+from .compute import to_compute_dtype
 from .errors import VerificationError
 from .events import EventStream
 from .hardware import Hardware
@@ -102,13 +102,6 @@ def measure(model, tokenizer, data: EvalData, events: EventStream, quant_type: s
     return Figures(logits=logits, ppl=ppl, sample=sample, tokens_per_second=speed)
 
 
-def to_compute_dtype(model, hardware: Hardware) -> None:
-    """Upcast a loaded model for computing where the machine would emulate its dtype (`compute`)."""
-    dtype = compute_dtype(model.dtype, hardware.device)
-    if dtype != model.dtype:
-        upcast_model(model, dtype)
-
-
 def load_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
@@ -119,7 +112,7 @@ def reference_figures(source_dir: Path, hardware: Hardware, data: EvalData, even
         started = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device)
         load_seconds = time.perf_counter() - started
-        to_compute_dtype(model, hardware)
+        to_compute_dtype(model, hardware.device)
         try:
             return replace(
                 measure(model.eval(), load_tokenizer(source_dir), data, events, None), load_seconds=load_seconds
@@ -147,7 +140,7 @@ def reload_and_measure(
     try:
         counts = count_linear_layers(model)
         unpacked = 0 if hardware.is_cuda else dequantize_tile_packed(model)
-        to_compute_dtype(model, hardware)
+        to_compute_dtype(model, hardware.device)
         got = measure(model, tokenizer, data, events, quant_type)
     finally:
         del model

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from benchmarks.tiny_models import DEFAULT_SHAPE, TinyShape, build_tiny_smollm3
-from quantizer.compute import compute_dtype, upcast_model
+from quantizer.compute import to_compute_dtype
 
 __all__ = ["DEFAULT_SHAPE", "TinyShape", "build_tiny_smollm3", "in_the_jobs_dtype", "plant_unused_outliers"]
 
@@ -17,10 +17,7 @@ def in_the_jobs_dtype(model):
     """A stock-loaded model as the job computed with it on this machine: as loaded where the CPU multiplies bf16
     natively, upcast where the job computed in float32 (`quantizer.compute`), so a test's logits compare with the
     report's on any CPU."""
-    dtype = compute_dtype(model.dtype, model.device.type)
-    if dtype != model.dtype:
-        upcast_model(model, dtype)
-    return model
+    return to_compute_dtype(model, model.device.type)
 
 
 def plant_unused_outliers(folder: Path, every: int = 32) -> Path:
