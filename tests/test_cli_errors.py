@@ -14,7 +14,7 @@ import pytest
 
 from quantizer.cli import main
 from tests.support import pace
-from tests.support.models import TinyShape
+from tests.support.models import SLOW_SHAPE, TinyShape
 
 
 def run_cli(argv, capsys) -> tuple[int, str]:
@@ -207,9 +207,7 @@ def test_real_command_line_exit_code_and_message(tmp_path):
 
 
 def test_the_job_deadline_stops_even_an_explicit_gptq(tiny_model, tmp_path, capsys, monkeypatch):
-    from tests.support.models import TinyShape
-
-    source = tiny_model(TinyShape(hidden=512, intermediate=4096, layers=12))
+    source = tiny_model(SLOW_SHAPE)
     monkeypatch.setenv("QUANTIZER_JOB_TIMEOUT", "4")
     started = time.time()
     argv = [str(source), "late", "--quant-type", "int4_weight_only", "--int4-method", "gptq", "--save-only"]

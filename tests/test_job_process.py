@@ -13,10 +13,8 @@ from pathlib import Path
 import psutil
 
 from quantizer.spec import JobSpec
-from tests.support.models import TinyShape
+from tests.support.models import SLOW_SHAPE
 from ui.worker import Finished, stream_isolated
-
-SLOW_SHAPE = TinyShape(hidden=512, intermediate=4096, layers=12)
 
 
 def job(source: Path, out: Path) -> JobSpec:

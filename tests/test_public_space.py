@@ -22,9 +22,7 @@ from tests.conftest import ALICE, CAROL
 from tests.support import pace
 from tests.support.app_server import shared_space
 from tests.support.hub_repos import upload_model, variant
-from tests.support.models import TinyShape
-
-SLOW_SHAPE = TinyShape(hidden=512, intermediate=4096, layers=12)  # GPTQ takes tens of seconds on it
+from tests.support.models import SLOW_SHAPE
 
 
 @pytest.fixture(scope="module")

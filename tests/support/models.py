@@ -10,7 +10,16 @@ from transformers import AutoModelForCausalLM
 from benchmarks.tiny_models import DEFAULT_SHAPE, TinyShape, build_tiny_smollm3
 from quantizer.compute import to_compute_dtype
 
-__all__ = ["DEFAULT_SHAPE", "TinyShape", "build_tiny_smollm3", "in_the_jobs_dtype", "plant_unused_outliers"]
+__all__ = [
+    "DEFAULT_SHAPE",
+    "SLOW_SHAPE",
+    "TinyShape",
+    "build_tiny_smollm3",
+    "in_the_jobs_dtype",
+    "plant_unused_outliers",
+]
+
+SLOW_SHAPE = TinyShape(hidden=512, intermediate=4096, layers=12)  # GPTQ takes tens of seconds on it
 
 
 def in_the_jobs_dtype(model):
