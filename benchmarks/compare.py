@@ -2,11 +2,13 @@
 
     python -m benchmarks.compare [MODEL] [--types T ...] [--repeats 5] [--new-tokens 32] [--name NAME]
 
-MODEL is a folder or a Hub repo id (default: the bundled SmolLM2-135M-Instruct). Each type is
+MODEL is a folder, a Hub repo id, or random-SmolLM2-1.7B (SmolLM2-1.7B's architecture with random weights, for
+timings where reading the weights dominates decoding; default: the bundled SmolLM2-135M-Instruct). Each type is
 quantized by the real CLI in its own process, whose peak RSS (the kernel's maximum resident set
 size for that process) and wall time are recorded; the output is then loaded with stock
 transformers here and timed: load time, next-token latency and generation throughput (batch 1,
-fixed prompt, greedy, warm-up excluded, median of the repeats). Perplexity and top-1 agreement
+fixed prompt, greedy, warm-up excluded, median of the repeats), eagerly and then with the forward compiled by
+`torch.compile` and a static cache (`--no-compile`: eager only). Perplexity and top-1 agreement
 come from the job's own verification. The source model in its own dtype is the baseline row.
 Writes NAME.md, NAME.json and NAME.png (size vs perplexity delta) under benchmarks/results/.
 """
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -55,6 +57,9 @@ class Row:
     ppl_delta_pct: float
     top1_agreement: float
     speed_vs_source: float = 1.0
+    compiled_tokens_per_second: float | None = None  # torch.compile and a static cache (None: not measured)
+    compile_seconds: float | None = None  # the first compiled generate, compilation included
+    compiled_error: str | None = None  # why the compiled mode failed, when it did
     quantize_peak_gpu_bytes: int | None = None  # CUDA memory the quantize job allocated at its peak
     serve_peak_gpu_bytes: int | None = None  # CUDA memory allocated at the peak of loading and generating
 
@@ -91,10 +96,21 @@ def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> t
 
 
 @torch.no_grad()
-def time_model(
-    folder: Path, hardware: Hardware, repeats: int, new_tokens: int
-) -> tuple[float, float, float, int | None]:
-    """(load seconds, next-token ms, tokens per second, peak GPU bytes), medians of `repeats` after one warm-up."""
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    load_seconds: float
+    next_token_ms: float
+    tokens_per_second: float  # eager, dynamic cache
+    peak_gpu_bytes: int | None
+    compiled_tokens_per_second: float | None = None
+    compile_seconds: float | None = None
+    compiled_error: str | None = None
+
+
+def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
+    """Load, next-token latency and generation throughput in eager mode (medians of `repeats` after one warm-up);
+    with `compiled`, then generation with the forward compiled by torch.compile and a static cache, the way the
+    guide shows (on CUDA transformers compiles a static-cache generate itself)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     peak_gpu = PeakGPU(hardware)
@@ -141,13 +157,63 @@ def time_model(
     generate()  # warm-up, excluded
     latency = statistics.median(decode_step() for _ in range(repeats)) * 1000
     throughput = statistics.median(generate() for _ in range(repeats))
-    peak = peak_gpu.peak_bytes()
-    return statistics.median(loads), latency, throughput, peak
+    eager = Timing(
+        load_seconds=statistics.median(loads),
+        next_token_ms=latency,
+        tokens_per_second=throughput,
+        peak_gpu_bytes=peak_gpu.peak_bytes(),
+    )
+    if not compiled:
+        return eager
+    if not hardware.is_cuda:
+        model.forward = torch.compile(model.forward)
+    model.generation_config.cache_implementation = "static"
+    try:
+        started = time.perf_counter()
+        generate()  # compiles the prefill and the decode step
+        compile_seconds = time.perf_counter() - started
+        fast = statistics.median(generate() for _ in range(repeats))
+    except Exception as exc:  # a type inductor cannot compile is a finding, recorded
+        message = f"{type(exc).__name__}: {exc}".strip().splitlines()
+        return replace(eager, compiled_error=message[0][:300] if message else type(exc).__name__)
+    finally:
+        torch._dynamo.reset()
+    return replace(eager, compiled_tokens_per_second=fast, compile_seconds=compile_seconds)
+
+
+RANDOM_LARGE = "random-SmolLM2-1.7B"  # MODEL value: SmolLM2-1.7B's architecture, random weights, for speed only
+RANDOM_LARGE_CONFIG = {  # HuggingFaceTB/SmolLM2-1.7B-Instruct's config.json (a Llama)
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 8192,
+    "rope_theta": 130000,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 2,
+}
+
+
+def random_large(workdir: Path) -> Path:
+    """A model large enough that reading its weights dominates decoding (3.4 GB in bf16), with random weights:
+    its timings are real, its perplexity and agreement mean nothing."""
+    from transformers import LlamaConfig
+
+    from benchmarks.tiny_models import save_random
+
+    return save_random(LlamaConfig(**RANDOM_LARGE_CONFIG), workdir / RANDOM_LARGE, prepare(), seed=0)
 
 
 def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
     if not model:
         return prepare(), DEMO_NAME
+    if model == RANDOM_LARGE:
+        return random_large(workdir), RANDOM_LARGE
     path = Path(model).expanduser()
     if path.is_dir():
         return path, path.resolve().name
@@ -167,6 +233,7 @@ def bench(
     new_tokens: int,
     device: str,
     extra: list[str],
+    compiled: bool = True,
     on_row: Callable[[list[Row], dict], None] = lambda rows, meta: None,
 ) -> tuple[list[Row], dict]:
     """Quantize every type, then time the source and each output; `on_row` sees the table after every row, so
@@ -207,7 +274,7 @@ def bench(
             "failed": failed,
         }
         print("timing the source ...", file=sys.stderr, flush=True)
-        load, latency, throughput, serve_peak = time_model(source, hardware, repeats, new_tokens)
+        timing = time_model(source, hardware, repeats, new_tokens, compiled)
         rows = [
             Row(
                 "source",
@@ -215,22 +282,21 @@ def bench(
                 1.0,
                 None,
                 None,
-                load,
-                latency,
-                throughput,
+                timing.load_seconds,
+                timing.next_token_ms,
+                timing.tokens_per_second,
                 first["ppl_source"],
                 0.0,
                 1.0,
-                serve_peak_gpu_bytes=serve_peak,
+                serve_peak_gpu_bytes=timing.peak_gpu_bytes,
+                **compiled_columns(timing),
             )
         ]
         on_row(rows, meta)
         for quant_type, (report, seconds, peak) in jobs.items():
             result = report["results"][0]
             print(f"timing {quant_type} ...", file=sys.stderr, flush=True)
-            load, latency, throughput, serve_peak = time_model(
-                Path(result["output_dir"]), hardware, repeats, new_tokens
-            )
+            timing = time_model(Path(result["output_dir"]), hardware, repeats, new_tokens, compiled)
             v = result["verify"]
             rows.append(
                 Row(
@@ -239,19 +305,28 @@ def bench(
                     result["size_ratio"],
                     seconds,
                     peak,
-                    load,
-                    latency,
-                    throughput,
+                    timing.load_seconds,
+                    timing.next_token_ms,
+                    timing.tokens_per_second,
                     v["ppl_quantized"],
                     v["ppl_delta_pct"],
                     v["top1_agreement"],
-                    throughput / rows[0].tokens_per_second,
+                    timing.tokens_per_second / rows[0].tokens_per_second,
                     quantize_peak_gpu_bytes=result.get("peak_gpu_bytes"),
-                    serve_peak_gpu_bytes=serve_peak,
+                    serve_peak_gpu_bytes=timing.peak_gpu_bytes,
+                    **compiled_columns(timing),
                 )
             )
             on_row(rows, meta)
     return rows, meta
+
+
+def compiled_columns(timing: Timing) -> dict:
+    return {
+        "compiled_tokens_per_second": timing.compiled_tokens_per_second,
+        "compile_seconds": timing.compile_seconds,
+        "compiled_error": timing.compiled_error,
+    }
 
 
 def gpu_driver() -> str | None:
@@ -295,7 +370,11 @@ def markdown(rows: list[Row], meta: dict) -> str:
     )
     lines = [
         f"{meta['model_name']} on {where}; batch 1, {meta['new_tokens']} new tokens, median of {meta['repeats']}; "
-        f"perplexity on {meta['eval_tokens']} tokens of Python's pydoc topics"
+        + (
+            "random weights: timings only, its perplexity and top-1 mean nothing"
+            if meta["model_name"] == RANDOM_LARGE
+            else f"perplexity on {meta['eval_tokens']} tokens of Python's pydoc topics"
+        )
         + (f"; int4 method {meta['int4_method']}" if meta.get("int4_method") else "")
         + "."
         + (f" Measured on {describe_flags(meta['machine'])}." if meta.get("machine") else ""),
@@ -303,7 +382,25 @@ def markdown(rows: list[Row], meta: dict) -> str:
         "| " + " | ".join(columns) + " |",
         "|" + "|".join("---" for _ in columns) + "|",
     ]
+    compiled = any(r.compiled_tokens_per_second or r.compiled_error for r in rows)
+    if compiled:
+        columns[columns.index("vs source") + 1 : columns.index("vs source") + 1] = [
+            "tokens/s compiled",
+            "compiled vs source compiled",
+            "compile (s)",
+        ]
+        lines[2] = "| " + " | ".join(columns) + " |"
+        lines[3] = "|" + "|".join("---" for _ in columns) + "|"
+    base = rows[0].compiled_tokens_per_second if rows else None
     for r in rows:
+        fast = (
+            f"{r.compiled_tokens_per_second:.1f} | "
+            f"{f'{r.compiled_tokens_per_second / base:.2f}x' if base else '-'} | {r.compile_seconds:.0f} | "
+            if r.compiled_tokens_per_second
+            else "failed | - | - | "
+            if r.compiled_error
+            else "- | - | - | "
+        )
         gpu = (
             f"{'-' if r.quantize_peak_gpu_bytes is None else human_bytes(r.quantize_peak_gpu_bytes)} | "
             f"{'-' if r.serve_peak_gpu_bytes is None else human_bytes(r.serve_peak_gpu_bytes)} | "
@@ -315,8 +412,12 @@ def markdown(rows: list[Row], meta: dict) -> str:
             f"{'-' if r.quantize_seconds is None else f'{r.quantize_seconds:.1f}'} | "
             f"{'-' if r.quantize_peak_rss_bytes is None else human_bytes(r.quantize_peak_rss_bytes)} | {gpu}"
             f"{r.load_seconds:.2f} | {r.next_token_ms:.1f} | {r.tokens_per_second:.1f} | {r.speed_vs_source:.2f}x | "
+            f"{fast if compiled else ''}"
             f"{r.ppl:.3f} | {r.ppl_delta_pct:+.2f}% | {r.top1_agreement:.1%} |"
         )
+    for r in rows:
+        if r.compiled_error:
+            lines.append(f"\n{r.name} compiled failed: {r.compiled_error}")
     for quant_type, error in (meta.get("failed") or {}).items():
         lines.append(f"\n{quant_type} failed: {error.strip().splitlines()[-1] if error.strip() else 'no message'}")
     return "\n".join(lines) + "\n"
@@ -348,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-compile", action="store_true", help="eager timings only")
     parser.add_argument("--name", default=None, help="results file name (default: DEVICE-MODEL)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args, extra = parser.parse_known_args(argv)
@@ -362,7 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         data = {"meta": meta, "rows": [asdict(r) for r in rows]}
         (args.output / f"{name}.json").write_text(json.dumps(data, indent=2))
 
-    rows, meta = bench(args.model, args.types, args.repeats, args.new_tokens, args.device, extra, on_row=write)
+    rows, meta = bench(
+        args.model,
+        args.types,
+        args.repeats,
+        args.new_tokens,
+        args.device,
+        extra,
+        compiled=not args.no_compile,
+        on_row=write,
+    )
     bad = [r.name for r in rows for v in asdict(r).values() if isinstance(v, float) and not math.isfinite(v)]
     name = args.name or f"{meta['device']}-{meta['model_name']}"
     text = markdown(rows, meta)

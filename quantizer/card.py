@@ -7,9 +7,10 @@ import shlex
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 from huggingface_hub import ModelCard, ModelCardData
 
-from .compute import configured_dtype
+from .compute import compute_dtype, configured_dtype, stored_dtype
 from .hardware import Hardware
 from .hub import repo_url
 from .int4 import method_description
@@ -96,6 +97,11 @@ def render(
     assert v is not None, "a card describes a verified output"
     source_link = f"[{info.repo_id}]({repo_url(info.repo_id)})" if info.repo_id else f"`{plain_text(info.name, 120)}`"
     runs_on = recipe.runs_on(made_on_hardware)
+    # the outputs are timed in the dtype the job computes in on this machine (float32 where bf16 is emulated), the
+    # dtype a user of such a machine should load them in
+    stored = stored_dtype(info.config)
+    timing = compute_dtype(stored, made_on_hardware.device)
+    speed = v.tokens_per_second / v.tokens_per_second_source if v.tokens_per_second_source else 1.0
     return ModelCard.from_template(
         card_metadata(info, recipe),
         template_path=str(TEMPLATE),
@@ -144,4 +150,8 @@ def render(
         sample_source=plain_text(v.sample_source),
         sample=plain_text(v.sample),
         command=reproduce_command(info, result),
+        vllm=result.vllm,
+        timing_dtype=str(timing).removeprefix("torch."),
+        load_dtype="torch.float32" if timing == torch.float32 and stored != torch.float32 else None,
+        slower=f"{speed:.2f}" if speed < 1 else None,
     )

@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 from typing import TextIO
 
-from . import int4, recipes
+from . import int4, recipes, suggest
 from .cancel import JobCancelled
 from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
+    p.add_argument(
+        "--suggest-for",
+        choices=tuple(suggest.TABLES),
+        metavar="TARGET",
+        help="print the type (and int4 method) the measured tables favour for where the model will run: "
+        f"{', '.join(suggest.TABLES)}; then exit",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks (secrets scrubbed)")
     return p
 
@@ -227,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list_quant_types:
         print(recipes.registry_table())
+        return 0
+    if args.suggest_for:
+        try:
+            print(suggest.suggest(args.suggest_for).text())
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         return 0
     if not args.source:
         print(

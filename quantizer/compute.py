@@ -22,7 +22,7 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 # rows x inner x outer of the probe's matmul: a decoder layer's projection for a short batch (about 0.5 GFLOP,
 # a few milliseconds in float32 on 2 cores)
 PROBE_SHAPE = (256, 1024, 1024)
-PROBE_REPEATS = 3
+PROBE_REPEATS = 5
 OVERRIDE = "QUANTIZER_COMPUTE_DTYPE"  # "float32" or "source": skip the probe (tests run both paths on one machine)
 DTYPE_NAMES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")

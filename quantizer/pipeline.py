@@ -8,6 +8,7 @@ behind, and the next type still runs.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 from torchao.core.config import AOBaseConfig
 
-from . import compute, coverage, int4, resources
+from . import compute, coverage, int4, resources, serving
 from . import recipes as recipe_registry
 from .bounds import check_config_fits_files
 from .cancel import JobCancelled
@@ -35,6 +36,7 @@ from .publish import Publisher
 from .recipes import DEFAULT_GROUP_SIZE, Recipe, choose_group_size
 from .report import RecipeResult, Report, config_repr, human_bytes
 from .safetensors_io import weights_bytes
+from .serving import VllmCheck
 from .source import Fetched, Source, SourceInfo, open_source
 from .spec import JobSpec
 from .streaming import stream_quantize
@@ -62,6 +64,7 @@ class Plan:
     notes: list[str]
     identity: Identity | None = None
     int4_method: Int4Method | None = None  # for the int4 types whose format takes values chosen here
+    int4_estimated_seconds: float | None = None  # the calibrated method's time, estimated on this machine
     streaming: bool = False
     source_fits: bool = True  # the source can be loaded as a whole (for the reference pass)
     private: bool = False  # the targets are created private
@@ -191,12 +194,19 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
     formats = {r.name: f for r in recipes if (f := r.int4_format(hardware))}
     # within a deadline, GPTQ may take half of it (the rest: loading, verifying, pushing)
     budget = min(int4.budget_seconds(), spec.deadline_seconds / 2) if spec.deadline_seconds else None
-    int4_method, why = int4.choose_method(
-        spec.int4_method, formats, info.config, streaming=streaming, cuda=hardware.is_cuda, budget=budget
+    choice = int4.choose_method(
+        spec.int4_method,
+        formats,
+        info.config,
+        streaming=streaming,
+        cuda=hardware.is_cuda,
+        calibration_tokens=spec.calibration_tokens,
+        budget=budget,
     )
-    if why:
-        notes.append(why)
-        events.log(why)
+    int4_method = choice.method
+    if choice.reason:
+        notes.append(choice.reason)
+        events.log(choice.reason)
     check_targets_free(spec, hub, targets)
     texts = job_texts(spec, workdir, calibrated=bool(int4_method and int4_method.calibrated))
     upload_as_it_goes = streaming and spec.push and spec.local_dir is None
@@ -240,6 +250,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Pl
         notes=notes,
         identity=identity,
         int4_method=int4_method,
+        int4_estimated_seconds=choice.estimated_seconds,
         streaming=streaming,
         source_fits=source_fits,
         private=private,
@@ -372,6 +383,7 @@ class RecipeJob:
     upload: Upload | None = None  # the target, open while streamed shards are uploaded as they are written
     uploaded_bytes: int = 0
     peak_disk_bytes: int | None = None
+    shard_headers: list[dict[str, str]] = field(default_factory=list)  # streamed shards' headers, read as written
 
     def run(self, tracker: Tracker) -> RecipeResult:
         publisher = self.publisher
@@ -406,6 +418,7 @@ class RecipeJob:
             result.seconds = events.seconds_for(recipe.name)
             result.peak_rss_bytes, result.peak_gpu_bytes = peak.peak_bytes(), peak_gpu.peak_bytes()
             result.peak_disk_bytes = self.peak_disk_bytes
+            result.vllm = self.check_vllm(staging)
             publisher.publish(staging, recipe, result, self.upload)
             result.status = "ok"
         except JobCancelled:
@@ -439,6 +452,11 @@ class RecipeJob:
             source_bytes=plan.info.weight_bytes,
             notes=list(plan.notes) if int4_choice else [],
             int4_method=int4_choice.label if int4_choice else None,
+            int4_estimated_seconds=(
+                round(plan.int4_estimated_seconds, 1)
+                if int4_choice and int4_choice.method.calibrated and plan.int4_estimated_seconds
+                else None
+            ),
             quantized_share=plan.shares[recipe.name].fraction if recipe.name in plan.shares else None,
         )
         if int4_choice:
@@ -507,6 +525,7 @@ class RecipeJob:
         folders = [self.publisher.workdir, *([staging] if not staging.is_relative_to(self.publisher.workdir) else [])]
 
         def written(source_file: Path, output_file: Path) -> None:
+            self.shard_headers.append(serving.shard_header(output_file))
             if evaluator is not None:
                 evaluator.feed(source_file, output_file)
             now = sum(folder_bytes(folder) for folder in folders)
@@ -540,6 +559,12 @@ class RecipeJob:
                 raise QuantizationError(f"torchao could not quantize the model with {recipe.name}: {exc}") from exc
             copy_side_files(self.fetched.folder, staging)
         return streamed
+
+    def check_vllm(self, staging: Path) -> VllmCheck:
+        """Whether vLLM can serve this output, from its config.json and its shards' headers."""
+        headers = self.shard_headers if self.plan.streaming else serving.folder_headers(staging)
+        config = json.loads((staging / "config.json").read_text())
+        return serving.check_vllm(config, headers, experts_quantized=self.plan.quantizes_experts(self.recipe))
 
     def fail(self, result: RecipeResult, message: str) -> None:
         result.status, result.error = "failed", message

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 from torchao.core.config import AOBaseConfig
 
+from .serving import VllmCheck
 from .verify import VerifyResult
 
 
@@ -45,6 +46,7 @@ class RecipeResult:
     device: str | None = None
     group_size: int | None = None
     int4_method: str | None = None  # how the int4 values were chosen (Int4Choice.label), for the int4 types
+    int4_estimated_seconds: float | None = None  # a calibrated method's time as estimated at preflight (int4.cost)
     target_repo: str | None = None
     output_dir: str | None = None
     url: str | None = None
@@ -57,6 +59,7 @@ class RecipeResult:
     peak_disk_bytes: int | None = None  # the job's folders at their fullest, for a streamed job
     quantized_share: float | None = None  # of the Linear-like weights (layers.WeightShare), by elements
     verify: VerifyResult | None = None
+    vllm: VllmCheck | None = None  # whether vLLM can serve the output, read as vLLM reads it (`serving`)
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -18,6 +18,7 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from quantizer import suggest
 from quantizer.errors import InputError
 from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.tracking import history
@@ -93,6 +94,16 @@ def test_api_streams_the_log_and_pushes_a_loadable_model(app, ui_source, hub):
         ref = in_the_jobs_dtype(AutoModelForCausalLM.from_pretrained(ui_source))(data.batch).logits.float()
         got = model(data.batch).logits.float()
     assert ((got - ref).norm() / ref.norm()).item() == pytest.approx(result["verify"]["logits_rel_err"], rel=1e-4)
+
+
+def test_the_form_suggests_a_type_for_where_the_model_will_run(app):
+    """The "Where will it run?" choice fills the form from the committed measurements (quantizer.suggest), through
+    the same API a script calls."""
+    client = Client(app.url, verbose=False)
+    types, method, text = client.predict("cpu", api_name="/suggest")
+    advice = suggest.suggest("cpu")
+    assert types == [advice.quant_type] and method == (advice.int4_method or "auto")
+    assert advice.rows in text and text.startswith("For a CPU:")
 
 
 def test_api_bad_input_gives_the_cli_sentence_not_a_trace(app):

@@ -37,8 +37,10 @@ INT4 = [recipes.get("int4_weight_only")]
 def choose_int4_method(requested, chosen_recipes, hardware, config, streaming=False):
     """The method name the job would use (as preflight asks the int4 registry), and why."""
     formats = {r.name: f for r in chosen_recipes if (f := r.int4_format(hardware))}
-    method, why = int4.choose_method(requested, formats, config, streaming=streaming, cuda=hardware.is_cuda)
-    return (method.name if method else None), why
+    choice = int4.choose_method(
+        requested, formats, config, streaming=streaming, cuda=hardware.is_cuda, calibration_tokens=16384
+    )
+    return (choice.method.name if choice.method else None), choice.reason
 
 
 def test_asym_recovers_weights_that_sit_on_its_grid():

@@ -91,6 +91,16 @@ def test_the_default_int4_is_gptq_and_bounded_in_quality(demo_run):
     assert math.isfinite(int4["verify"]["logits_rel_err"]) and int4["verify"]["logits_rel_err"] > 0
 
 
+def test_the_gptq_estimate_is_within_twice_the_actual_time_on_this_machine(demo_run):
+    """The form and the log promise GPTQ's time from a probe of the machine (int4.cost); on whatever CPU runs the
+    tests, the demo's estimate must land within 2x of what GPTQ then took."""
+    _, report, _, _ = demo_run
+    int4 = next(r for r in report["results"] if r["quant_type"] == "int4_weight_only")
+    estimated, actual = int4["int4_estimated_seconds"], int4["seconds"]["quantize"]
+    assert estimated and actual / 2 <= estimated <= actual * 2, (estimated, actual)
+    assert any("estimated from its measured speed" in note for note in int4["notes"])
+
+
 def test_outputs_load_and_generate_in_a_fresh_process(demo_run):
     _, report, out, _ = demo_run
     script = textwrap.dedent("""

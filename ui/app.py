@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from quantizer import recipes
+from quantizer import recipes, suggest
 from quantizer.errors import QuantizerError
 from quantizer.events import Event, format_line
 from quantizer.hardware import detect
@@ -17,7 +17,7 @@ from quantizer.naming import suggested_target_name
 from quantizer.report import Report, results_table
 
 from . import auth, downloads
-from .form import NAMES, FormValues, api_handler, components, output_root, type_choices
+from .form import AUTO, NAMES, FormValues, api_handler, components, output_root, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
 from .jobs import REGISTRY, JobProgress, Waiting, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
@@ -32,6 +32,26 @@ def suggested_name(source: str, types: list[str]) -> str:
     """The target name the form proposes, by the naming rule the pipeline applies."""
     known = [recipes.RECIPES[t] for t in types or [] if t in recipes.RECIPES]
     return suggested_target_name(source, known)
+
+
+ANY_TARGET = "anywhere (choose yourself)"
+
+
+def suggest_for(target: str):
+    """Fill the form with the type (and int4 method) the committed measurements favour where the model will run,
+    and show the table rows behind it (`quantizer.suggest`, the same as `--suggest-for`)."""
+    if not target or target == ANY_TARGET:
+        return gr.skip(), gr.skip(), ""
+    try:
+        advice = suggest.suggest(target)
+    except QuantizerError as exc:
+        return gr.skip(), gr.skip(), f"❌ {exc}"
+    recipe = recipes.RECIPES.get(advice.quant_type)
+    refused = recipe.unsupported_reason(detect("auto")) if recipe else "unknown type"
+    text = advice.text() + (f"\n\nThis Space cannot make it: {refused}." if refused else "")
+    if refused:
+        return gr.skip(), gr.skip(), text
+    return [advice.quant_type], advice.int4_method or AUTO, text
 
 
 def quantize(
@@ -190,6 +210,14 @@ def build_app() -> gr.Blocks:
                 with gr.Column(scale=3):
                     form["source"] = build["source"]()
                     gr.Examples(EXAMPLE_SOURCES, inputs=form["source"], label="Examples")
+                    target = gr.Dropdown(
+                        [(ANY_TARGET, ANY_TARGET), *((name, key) for key, name in suggest.TARGET_NAMES.items())],
+                        value=ANY_TARGET,
+                        label="Where will it run?",
+                        info="picks the type the measured tables favour there, and shows the rows behind it",
+                        elem_id="run-target",
+                    )
+                    advice = gr.Markdown(elem_id="advice")
                     form["quant_types"] = build["quant_types"]()
                     if refused:
                         gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
@@ -232,6 +260,7 @@ def build_app() -> gr.Blocks:
         source, quant_types, token, namespace = form["source"], form["quant_types"], form["token"], form["namespace"]
         for trigger in (source.change, quant_types.change):
             trigger(suggested_name, [source, quant_types], form["target_name"], api_name=False, show_progress="hidden")
+        target.change(suggest_for, target, [quant_types, form["int4_method"], advice], api_name="suggest")
         token.blur(refresh_namespaces, token, namespace, api_name=False)
         app.load(refresh_namespaces, token, namespace, api_name=False)
         for trigger in (history_tab.select, refresh.click):

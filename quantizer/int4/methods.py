@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InputError
-from . import gptq
+from . import cost, gptq
 from .formats import Int4Format
 from .grid import GroupQuant, quantize_asym
 
@@ -27,7 +27,6 @@ DEFAULT_GPTQ_BUDGET_SECONDS = 15 * 60
 class Int4Method:
     name: str
     description: str
-    seconds_per_param: float  # measured on 2 CPU cores
     calibrated: bool = False  # needs calibration tokens
     streams: bool = True  # can quantize one tensor at a time (the streaming engine)
     torchao_own: bool = False  # the format's own round-to-nearest qparams, as torchao makes them
@@ -49,8 +48,9 @@ class Int4Method:
         """int4 values for one weight; None: the format's own qparams."""
         raise NotImplementedError
 
-    def estimated_seconds(self, linear_params: int) -> float:
-        return linear_params * self.seconds_per_param
+    def estimated_seconds(self, config: dict, calibration_tokens: int, device: str) -> float:
+        """How long it takes on this machine for the model `config` describes (instant unless calibrated)."""
+        return 0.0
 
 
 class TorchaoRoundToNearest(Int4Method):
@@ -78,6 +78,9 @@ class GPTQ(Int4Method):
             model, list(linears), group_size, calibration, progress, act_order=self.act_order, clip=self.clip
         )
 
+    def estimated_seconds(self, config: dict, calibration_tokens: int, device: str) -> float:
+        return cost.estimate_seconds(config, calibration_tokens, device)
+
     def quantize_tensor(self, weight: torch.Tensor, group_size: int) -> GroupQuant:
         raise ValueError("gptq calibrates layer by layer on the whole model; it cannot quantize one tensor alone")
 
@@ -85,20 +88,17 @@ class GPTQ(Int4Method):
 RTN = TorchaoRoundToNearest(
     name="rtn",
     description="torchao's round-to-nearest (symmetric groups on CPU); instant, the least accurate",
-    seconds_per_param=0.0,
     torchao_own=True,
 )
 ASYM = AsymRoundToNearest(
     name="asym",
     description="round-to-nearest with asymmetric groups and a float zero point; instant, much better than rtn",
-    seconds_per_param=0.0,
 )
 GPTQ_METHOD = GPTQ(
     name="gptq",
     description="GPTQ on calibration text (error-compensating, columns in order of input size, each group's range "
-    "by a clipping search, asymmetric float zero points); the most accurate, about 0.3 s per million parameters "
-    "on 2 CPU cores",
-    seconds_per_param=0.3e-6,  # off-grid SmolLM2-135M, 106.2M Linear parameters, 28.6-31.7 s: benchmarks/int4_methods
+    "by a clipping search, asymmetric float zero points); the most accurate; its time is estimated from a probe "
+    "of the machine",
     calibrated=True,
     streams=False,
 )
@@ -109,7 +109,6 @@ def _gptq_without(name: str, what: str, **parts: bool) -> GPTQ:
     return GPTQ(
         name=name,
         description=f"GPTQ without {what}, for comparison",
-        seconds_per_param=GPTQ_METHOD.seconds_per_param,
         calibrated=True,
         streams=False,
         **parts,
@@ -156,16 +155,18 @@ def auto_description() -> str:
     )
 
 
-def linear_params_from_config(config: dict) -> int:
-    """A rough count of the decoder layers' Linear parameters from config.json alone."""
-    d = config.get("hidden_size", 0)
-    inter = config.get("intermediate_size", 4 * d)
-    layers = config.get("num_hidden_layers", 0)
-    heads = config.get("num_attention_heads", 1) or 1
-    kv = config.get("num_key_value_heads", heads) or heads
-    head_dim = config.get("head_dim") or (d // heads if heads else 0)
-    per_layer = d * head_dim * (2 * heads + 2 * kv) + 3 * d * inter
-    return per_layer * layers
+def describe_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodChoice:
+    """A job's int4 method, the sentence saying why, and, for a calibrated method, its time estimated on this
+    machine (`cost`)."""
+
+    method: Int4Method | None = None
+    reason: str = ""
+    estimated_seconds: float | None = None
 
 
 def choose_method(
@@ -175,10 +176,11 @@ def choose_method(
     *,
     streaming: bool,
     cuda: bool,
+    calibration_tokens: int,
     budget: float | None = None,
-) -> tuple[Int4Method | None, str]:
-    """The job's int4 method and a sentence saying why. `formats` maps each int4 type of the job to the
-    format it stores here. The default is GPTQ when its estimate fits the budget (`budget` seconds, else
+) -> MethodChoice:
+    """The job's int4 method and why. `formats` maps each int4 type of the job to the format it stores here. The
+    default is GPTQ when its estimate on this machine fits the budget (`budget` seconds, else
     QUANTIZER_GPTQ_BUDGET), else asym."""
     method = get_method(requested) if requested else None
     device = "cuda" if cuda else "cpu"
@@ -191,26 +193,37 @@ def choose_method(
             f"it is written tile-packed by torchao, with its own qparams: {cure}."
         )
     if not calibratable:
-        return None, ""
+        return MethodChoice()
     if method:
         if streaming and not method.streams:
             raise InputError(
                 f"--int4-method {method.name} needs the whole model in memory; with the streaming engine use "
                 f"{FALLBACK_METHOD.name} (or rtn)."
             )
-        return method, f"int4 method {method.name} (as asked)"
+        seconds = method.estimated_seconds(config, calibration_tokens, device) if method.calibrated else None
+        about = f", about {describe_seconds(seconds)} here (estimated)" if seconds else ""
+        return MethodChoice(
+            method=method, reason=f"int4 method {method.name} (as asked{about})", estimated_seconds=seconds
+        )
     if streaming:
-        return FALLBACK_METHOD, (
-            f"int4 method {FALLBACK_METHOD.name}: {DEFAULT_METHOD.name.upper()} needs the whole model in memory, "
-            "and this job streams it"
+        return MethodChoice(
+            method=FALLBACK_METHOD,
+            reason=f"int4 method {FALLBACK_METHOD.name}: {DEFAULT_METHOD.name.upper()} needs the whole model in "
+            "memory, and this job streams it",
         )
-    minutes = DEFAULT_METHOD.estimated_seconds(linear_params_from_config(config)) / 60
-    budget = (budget if budget is not None else budget_seconds()) / 60
-    if minutes <= budget:
-        return DEFAULT_METHOD, (
-            f"int4 method {DEFAULT_METHOD.name}, the most accurate (about {minutes:.0f} min on 2 CPU cores)"
+    seconds = DEFAULT_METHOD.estimated_seconds(config, calibration_tokens, device)
+    budget = budget if budget is not None else budget_seconds()
+    if seconds <= budget:
+        return MethodChoice(
+            method=DEFAULT_METHOD,
+            reason=f"int4 method {DEFAULT_METHOD.name}, the most accurate (about {describe_seconds(seconds)} on "
+            "this machine, estimated from its measured speed)",
+            estimated_seconds=seconds,
         )
-    return FALLBACK_METHOD, (
-        f"int4 method {FALLBACK_METHOD.name}: {DEFAULT_METHOD.name.upper()} would take about {minutes:.0f} min "
-        f"(more than {budget:.0f}); pass --int4-method {DEFAULT_METHOD.name} to use it anyway"
+    return MethodChoice(
+        method=FALLBACK_METHOD,
+        reason=f"int4 method {FALLBACK_METHOD.name}: {DEFAULT_METHOD.name.upper()} would take about "
+        f"{describe_seconds(seconds)} on this machine (estimated from its measured speed; more than "
+        f"{describe_seconds(budget)}); pass --int4-method {DEFAULT_METHOD.name} to use it anyway",
+        estimated_seconds=seconds,
     )
