@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
@@ -26,6 +27,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -95,7 +98,6 @@ def run_job(source: Path, quant_type: str, out_dir: Path, extra: list[str]) -> t
         return json.loads(out.read()), seconds, usage.ru_maxrss * 1024
 
 
-@torch.no_grad()
 @dataclass(frozen=True, kw_only=True)
 class Timing:
     load_seconds: float
@@ -107,6 +109,7 @@ class Timing:
     compiled_error: str | None = None
 
 
+@torch.no_grad()
 def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
     """Load, next-token latency and generation throughput in eager mode (medians of `repeats` after one warm-up);
     with `compiled`, then generation with the forward compiled by torch.compile and a static cache, the way the
@@ -209,6 +212,17 @@ def random_large(workdir: Path) -> Path:
     return save_random(LlamaConfig(**RANDOM_LARGE_CONFIG), workdir / RANDOM_LARGE, prepare(), seed=0)
 
 
+def time_in_child(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
+    """`time_model` in a fresh process: a crash in torch or torchao (a segmentation fault timing one type) ends that
+    row, recorded, instead of the whole benchmark; each row also starts without the previous one's compiled graphs."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(time_model, folder, hardware, repeats, new_tokens, compiled).result()
+        except BrokenProcessPool:
+            raise RuntimeError("the process timing it died (a crash in torch or torchao)") from None
+
+
 def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
     if not model:
         return prepare(), DEMO_NAME
@@ -274,7 +288,7 @@ def bench(
             "failed": failed,
         }
         print("timing the source ...", file=sys.stderr, flush=True)
-        timing = time_model(source, hardware, repeats, new_tokens, compiled)
+        timing = time_in_child(source, hardware, repeats, new_tokens, compiled)
         rows = [
             Row(
                 "source",
@@ -296,7 +310,13 @@ def bench(
         for quant_type, (report, seconds, peak) in jobs.items():
             result = report["results"][0]
             print(f"timing {quant_type} ...", file=sys.stderr, flush=True)
-            timing = time_model(Path(result["output_dir"]), hardware, repeats, new_tokens, compiled)
+            try:
+                timing = time_in_child(Path(result["output_dir"]), hardware, repeats, new_tokens, compiled)
+            except RuntimeError as exc:  # recorded as the type's failure; the other rows are still measured
+                print(f"{quant_type}: {exc}", file=sys.stderr, flush=True)
+                meta["failed"][quant_type] = f"timing failed: {exc}"
+                on_row(rows, meta)
+                continue
             v = result["verify"]
             rows.append(
                 Row(

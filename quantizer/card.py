@@ -14,6 +14,7 @@ from .compute import compute_dtype, configured_dtype, stored_dtype
 from .hardware import Hardware
 from .hub import repo_url
 from .int4 import method_description
+from .measured import BENCH_TABLES, bench_rows
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
@@ -154,4 +155,20 @@ def render(
         timing_dtype=str(timing).removeprefix("torch."),
         load_dtype="torch.float32" if timing == torch.float32 and stored != torch.float32 else None,
         slower=f"{speed:.2f}" if speed < 1 else None,
+        compiled=compiled_figure(recipe.name, made_on_hardware.device),
+        bench_table=BENCH_TABLES.get(made_on_hardware.device),
     )
+
+
+def compiled_figure(quant_type: str, device: str) -> dict | None:
+    """`make bench`'s committed compiled figures for this type on `device` (the bundled model), when measured:
+    the card quotes them, labelled as another model's, beside the code that runs that mode."""
+    rows = {r["name"]: r for r in bench_rows(device)}
+    row, source = rows.get(quant_type), rows.get("source")
+    if not (row and source and row.get("compiled_tokens_per_second") and source.get("compiled_tokens_per_second")):
+        return None
+    return {
+        "vs_source": f"{row['compiled_tokens_per_second'] / source['compiled_tokens_per_second']:.2f}",
+        "vs_eager": f"{row['compiled_tokens_per_second'] / row['tokens_per_second']:.2f}",
+        "faster": row["compiled_tokens_per_second"] > row["tokens_per_second"],
+    }

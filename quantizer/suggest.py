@@ -9,16 +9,14 @@ within the bar, the one that loses least. An int4 type comes with the int4 metho
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import int4
 from .errors import InputError
+from .measured import BENCH_TABLES, load, speed_vs_source, table_rows
 
-RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 QUALITY_BAR = 1.0  # percent perplexity a suggested type may lose
-TABLES = {"cpu": "cpu-SmolLM2-135M-Instruct", "cuda": "cuda-SmolLM2-135M-offgrid", "vllm": "cuda-SmolLM2-135M-offgrid"}
+TABLES = {**BENCH_TABLES, "vllm": BENCH_TABLES["cuda"]}  # vLLM runs on CUDA: the CUDA table, types it loads
 TARGET_NAMES = {"cpu": "a CPU", "cuda": "a CUDA GPU", "vllm": "vLLM (on a CUDA GPU)"}
 INT4_TABLE = "int4_methods"
 VLLM_TABLE = "vllm"
@@ -41,38 +39,15 @@ class Suggestion:
         )
 
 
-def _load(name: str) -> dict:
-    path = RESULTS / f"{name}.json"
-    if not path.is_file():
-        raise InputError(f"no measurements to suggest from: {path.name} is missing (run `make bench` to make it).")
-    return json.loads(path.read_text())
-
-
-def _fastest(row: dict, source: dict) -> float:
-    """The row's speed against the source in the fastest mode measured for both."""
-    eager = row["tokens_per_second"] / source["tokens_per_second"]
-    compiled = row.get("compiled_tokens_per_second")
-    base = source.get("compiled_tokens_per_second")
-    return max(eager, compiled / base) if compiled and base else eager
-
-
-def _table_rows(table: str, quant_type: str) -> str:
-    """The committed table's header, its separator, the source's row and `quant_type`'s."""
-    lines = (RESULTS / f"{table}.md").read_text().splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("| type |"))
-    rows = [line for line in lines if line.startswith(("| source |", f"| {quant_type} |"))]
-    return "\n".join([lines[header], lines[header + 1], *rows])
-
-
 def served_by_vllm() -> set[str]:
     """The types whose outputs vLLM's torchao loader reads (benchmarks/results/vllm.json)."""
-    return {name for name, check in _load(VLLM_TABLE)["types"].items() if check["loads"]}
+    return {name for name, check in load(VLLM_TABLE)["types"].items() if check["loads"]}
 
 
 def favoured_int4_method() -> str:
     """The int4 method with the lowest mean perplexity cost over the held-out domains (benchmarks.int4_methods)."""
     costs: dict[str, list[float]] = {}
-    for run in _load(INT4_TABLE)["runs"]:
+    for run in load(INT4_TABLE)["runs"]:
         for row in run["rows"]:
             if row["quant_type"] == "int4_weight_only" and row["method"] in int4.METHODS:
                 costs.setdefault(row["method"], []).append(row["ppl_delta_pct"])
@@ -84,7 +59,7 @@ def suggest(target: str) -> Suggestion:
     if target not in TABLES:
         raise InputError(f"unknown target '{target}': choose one of {', '.join(TABLES)}.")
     table = TABLES[target]
-    rows = _load(table)["rows"]
+    rows = load(table)["rows"]
     source = next(r for r in rows if r["name"] == "source")
     candidates = [r for r in rows if r["name"] != "source"]
     if target == "vllm":
@@ -94,20 +69,20 @@ def suggest(target: str) -> Suggestion:
         raise InputError(f"no type measured for {TARGET_NAMES[target]} yet: run `make bench` there.")
     within = [r for r in candidates if r["ppl_delta_pct"] <= QUALITY_BAR]
     if within:
-        best = max(within, key=lambda r: (_fastest(r, source), -r["bytes"]))
-        speed = _fastest(best, source)
+        best = max(within, key=lambda r: (speed_vs_source(r, source), -r["bytes"]))
+        speed = speed_vs_source(best, source)
         why = (
             f"Of the types measured within {QUALITY_BAR:g}% perplexity of the source, it runs fastest, at "
             f"{best['size_ratio']:.1%} of the source's size: {speed:.2f}x the source's speed in the fastest mode "
             "measured"
             + (
                 " (every type measured there is slower than its source)."
-                if max(_fastest(r, source) for r in candidates) < 1
+                if max(speed_vs_source(r, source) for r in candidates) < 1
                 else "."
             )
         )
     else:
-        best = min(candidates, key=lambda r: (r["ppl_delta_pct"], -_fastest(r, source)))
+        best = min(candidates, key=lambda r: (r["ppl_delta_pct"], -speed_vs_source(r, source)))
         why = (
             f"No type measured there ({', '.join(r['name'] for r in candidates)}) stays within {QUALITY_BAR:g}% "
             f"perplexity; it loses least ({best['ppl_delta_pct']:+.2f}%), at {best['size_ratio']:.1%} of the "
@@ -119,7 +94,7 @@ def suggest(target: str) -> Suggestion:
         quant_type=best["name"],
         int4_method=method if method in _calibrated_methods(target) else None,
         why=why,
-        rows=_table_rows(table, best["name"]),
+        rows=table_rows(table, best["name"]),
         table=table,
     )
 

@@ -27,6 +27,7 @@ def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsy
             str(tmp_path),
             "--int4-method",
             "asym",
+            "--no-compile",  # compiled timing: the next test, on one type
         ]
     )
     out = capsys.readouterr().out
@@ -39,7 +40,7 @@ def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsy
             if key in ("quantize_seconds", "quantize_peak_rss_bytes") and row["name"] == "source":
                 assert value is None
                 continue
-            if key in ("quantize_peak_gpu_bytes", "serve_peak_gpu_bytes"):  # GPU columns: none on a CPU
+            if key in ("quantize_peak_gpu_bytes", "serve_peak_gpu_bytes", *COMPILED):  # none on a CPU, or asked
                 assert value is None, (row["name"], key)
                 continue
             assert value is not None, (row["name"], key)
@@ -49,6 +50,21 @@ def test_bench_fills_every_column_for_every_cpu_type(tiny_model, tmp_path, capsy
     assert data["rows"][1]["quantize_peak_rss_bytes"] > 100e6  # a whole Python + torch process
     assert (tmp_path / "tiny.png").stat().st_size > 1000
     assert out.count("\n| ") >= len(names) and "| source |" in out
+
+
+COMPILED = ("compiled_tokens_per_second", "compile_seconds", "compiled_error")
+
+
+def test_bench_times_the_source_and_a_type_compiled_with_a_static_cache(tiny_model, tmp_path):
+    """The compiled columns: torch.compile and a static cache, beside eager, on the source and one type."""
+    argv = [str(tiny_model()), "--types", "int8_weight_only", "--repeats", "1", "--new-tokens", "4"]
+    assert bench.main([*argv, "--name", "compiled", "--output", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "compiled.json").read_text())
+    for row in data["rows"]:
+        assert row["compiled_error"] is None, row["compiled_error"]
+        assert row["compiled_tokens_per_second"] > 0 and row["compile_seconds"] > 0
+    table = (tmp_path / "compiled.md").read_text()
+    assert "| tokens/s compiled | compiled vs source compiled | compile (s) |" in table
 
 
 def test_the_guide_quotes_the_committed_results():

@@ -158,7 +158,6 @@ def settings() -> dict[str, str]:
         "20 GB": f"{downloads.DEFAULT_QUOTA_BYTES / 1e9:.0f} GB",
         "15 minutes": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} minutes",
         "15 min": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} min",
-        "0.3 s": f"{int4.METHODS['gptq'].seconds_per_param * 1e6:.1f} s",
         "1.25 x": f"{resources.MEMORY_FACTOR} x",
         "0.6 GB": f"{resources.RUNTIME_BYTES / 1e9:.1f} GB",
         "50%": f"{share(1):.0%}",  # int8 per row: one byte a weight

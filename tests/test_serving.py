@@ -9,12 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.served import DENSE, MOE, measure
-from quantizer import suggest
+from quantizer import measured, suggest
+from quantizer.card import compiled_figure
+from quantizer.compute import compute_dtype
 from quantizer.serving import check_vllm, folder_headers
 
-RESULTS = suggest.RESULTS
+RESULTS = measured.RESULTS
 INT8 = {"_type": "Int8WeightOnlyConfig", "_version": 2, "_data": {}}
 
 
@@ -46,6 +49,12 @@ def test_the_card_offers_vllm_serve_only_where_vllm_reads_the_output(served):
             assert ("vllm serve" in text) == result["vllm"]["loads"], (family, result["quant_type"])
             if family == MOE:
                 assert "does not serve torchao-quantized MoE experts yet" in text
+            # timed in the dtype the job computed in here, and make bench's compiled figure for the type quoted
+            assert f"eager, {str(compute_dtype(torch.bfloat16, 'cpu')).removeprefix('torch.')}" in text
+            figure = compiled_figure(result["quant_type"], "cpu")
+            if figure:
+                assert f"compiled with a static cache at {figure['vs_source']}x the compiled source" in text
+                assert ("torch.compile(model.forward)" in text) == figure["faster"]
 
 
 def test_the_check_refuses_what_vllm_refuses(served):
