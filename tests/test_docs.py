@@ -147,7 +147,7 @@ def settings() -> dict[str, str]:
     formula gives, so a changed setting fails here until the prose follows."""
     from spaces.zero.client import PRO_QUOTA_MINUTES
 
-    from quantizer import int4, resources, texts, verify
+    from quantizer import int4, resources, suggest, texts, verify
     from ui import downloads, limits, worker
 
     def share(bytes_per_weight: float) -> float:
@@ -169,6 +169,7 @@ def settings() -> dict[str, str]:
         "90%": f"{worker.MEMORY_SHARE:.0%}",
         "25 minutes": f"{(int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS + limits.VERIFY_AND_PUSH_SECONDS) / 60:.0f} minutes",
         "10 s": f"{texts.TEMPLATE_SECONDS:g} s",
+        "1%": f"{suggest.QUALITY_BAR:g}%",  # the perplexity a suggested type may lose
     }
 
 
