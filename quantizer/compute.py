@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,12 +46,17 @@ class Probe:
         return self.seconds / self.float32_seconds
 
 
-def _best_time(a: torch.Tensor, b: torch.Tensor) -> float:
-    torch.nn.functional.linear(a, b)  # warm-up: kernel selection, allocation
+def best_seconds(run: Callable[[], object], repeats: int = PROBE_REPEATS, device: str = "cpu") -> float:
+    """The best of `repeats` timed calls of `run`, after one untimed warm-up (kernel selection, allocation);
+    on CUDA each call is synchronized."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    run()
     best = float("inf")
-    for _ in range(PROBE_REPEATS):
+    for _ in range(repeats):
+        sync()
         started = time.perf_counter()
-        torch.nn.functional.linear(a, b)
+        run()
+        sync()
         best = min(best, time.perf_counter() - started)
     return best
 
@@ -63,8 +69,9 @@ def probe(dtype: torch.dtype) -> Probe:
     a = torch.randn(rows, inner, generator=generator)
     b = torch.randn(outer, inner, generator=generator)
     with torch.no_grad():
-        low = _best_time(a.to(dtype), b.to(dtype))
-        high = _best_time(a, b)
+        low_a, low_b = a.to(dtype), b.to(dtype)
+        low = best_seconds(lambda: torch.nn.functional.linear(low_a, low_b))
+        high = best_seconds(lambda: torch.nn.functional.linear(a, b))
     return Probe(dtype=str(dtype).removeprefix("torch."), seconds=low, float32_seconds=high)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import int4
+from . import int4, recipes
 from .errors import InputError
 from .measured import BENCH_TABLES, load, speed_vs_source, table_rows
 
@@ -88,7 +88,7 @@ def suggest(target: str) -> Suggestion:
             f"perplexity; it loses least ({best['ppl_delta_pct']:+.2f}%), at {best['size_ratio']:.1%} of the "
             "source's size."
         )
-    method = favoured_int4_method() if "int4" in best["name"] else None
+    method = favoured_int4_method() if recipes.RECIPES[best["name"]].uses_group_size else None  # an int4 type
     return Suggestion(
         target=target,
         quant_type=best["name"],

@@ -16,12 +16,11 @@ checks the estimate against the actual time on the machine that runs the tests).
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass
 
 import torch
 
-from ..compute import PROBE_SHAPE, compute_dtype, probe, stored_dtype
+from ..compute import PROBE_SHAPE, best_seconds, compute_dtype, probe, stored_dtype
 from .gptq import quantize_gptq
 
 PROBE_COLUMNS = 128  # one GPTQ block: the probe times the column loop alone
@@ -50,26 +49,14 @@ class Weight:
     columns: int
 
 
-def _best_seconds(run, device: str, repeats: int = 3) -> float:
-    run()  # warm-up: kernel selection, allocation
-    best = float("inf")
-    for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        run()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def _column_step_seconds(rows: int, device: str) -> float:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(PROBE_TOKENS, PROBE_COLUMNS, generator=generator)
     hessian = (2 * x.T @ x / PROBE_TOKENS).to(device)
     weight = torch.randn(rows, PROBE_COLUMNS, generator=generator).to(device, torch.bfloat16)
-    return _best_seconds(lambda: quantize_gptq(weight, hessian, PROBE_GROUP, act_order=True, clip=True), device)
+    return best_seconds(
+        lambda: quantize_gptq(weight, hessian, PROBE_GROUP, act_order=True, clip=True), repeats=3, device=device
+    )
 
 
 def _matmul_seconds(dtype: torch.dtype, device: str) -> float:
@@ -80,7 +67,7 @@ def _matmul_seconds(dtype: torch.dtype, device: str) -> float:
     rows, inner, outer = PROBE_SHAPE
     a = torch.randn(rows, inner, device=device, dtype=dtype)
     b = torch.randn(outer, inner, device=device, dtype=dtype)
-    return _best_seconds(lambda: torch.nn.functional.linear(a, b), device, repeats=3)
+    return best_seconds(lambda: torch.nn.functional.linear(a, b), repeats=3, device=device)
 
 
 @functools.cache
