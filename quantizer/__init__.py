@@ -6,12 +6,13 @@ warning that torchao triggers while registering its enums.
 """
 
 import logging
-import os
 
 import torch
 
+from . import settings
+
 if not torch.cuda.is_available():
-    os.environ.setdefault("TORCHAO_FORCE_SKIP_LOADING_SO_FILES", "1")
+    settings.skip_torchao_extensions()
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 _torchao_log = logging.getLogger("torchao")
 _level = _torchao_log.level

@@ -8,13 +8,12 @@ puts the report on stdout. Exit codes: 0 all types succeeded, 1 a type failed, 2
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from pathlib import Path
 from typing import TextIO
 
-from . import int4, recipes, suggest
+from . import int4, recipes, settings, suggest
 from .cancel import JobCancelled
 from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
@@ -212,7 +211,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         save_only=args.save_only,
         output_dir=args.output_dir,
         overwrite=args.overwrite,
-        token=args.token or os.environ.get("HF_TOKEN"),
+        token=args.token or settings.get("HF_TOKEN"),
         private=args.private,
         eval_text=args.eval_text,
         eval_dataset=dataset_ref(args, "eval"),

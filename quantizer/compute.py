@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from . import settings
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 # rows x inner x outer of the probe's matmul: a decoder layer's projection for a short batch (about 0.5 GFLOP,
 # a few milliseconds in float32 on 2 cores)
@@ -76,7 +78,7 @@ def probe(dtype: torch.dtype) -> Probe:
 
 
 def _override() -> str:
-    return os.environ.get(OVERRIDE, "").strip().lower()
+    return settings.get(OVERRIDE)
 
 
 def compute_dtype(stored: torch.dtype, device: str) -> torch.dtype:
@@ -221,7 +223,7 @@ def describe_machine() -> dict:
         "cores": os.cpu_count(),
         "flags": cpu_flags(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "forced_isa": {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ},
+        "forced_isa": settings.present(settings.FORCED_ISA_VARIABLES),
         "bf16_matmul_vs_float32": round(measured.ratio, 2),
         "native_bf16": not measured.slower_than_float32,
         "compute_dtype_for_bf16": str(compute_dtype(torch.bfloat16, "cpu")).removeprefix("torch."),

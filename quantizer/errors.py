@@ -49,3 +49,11 @@ class QuantizationError(QuantizerError):
 
 class VerificationError(QuantizerError):
     """The saved output does not reload, or its outputs are far from the source's."""
+
+
+class AuthError(InputError):
+    """The token is missing, invalid, or lacks a permission."""
+
+
+class HubError(QuantizerError):
+    """The Hub refused or failed an operation."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from . import settings
 from .errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -49,8 +50,8 @@ def detect(device: str = "auto") -> Hardware:
 def available_memory_bytes() -> int:
     """Free memory, capped by QUANTIZER_MEMORY_LIMIT (bytes) on machines shared with other work."""
     available = psutil.virtual_memory().available
-    limit = os.environ.get("QUANTIZER_MEMORY_LIMIT")
-    return min(available, int(limit)) if limit else available
+    limit = settings.get("QUANTIZER_MEMORY_LIMIT")
+    return min(available, limit) if limit else available
 
 
 def free_disk_bytes(path: Path) -> int:

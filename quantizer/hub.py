@@ -8,7 +8,6 @@ The token is given to the client and nowhere else.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,20 +24,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import InputError, OutputExistsError, QuantizerError, SourceError
+from . import settings
+from .errors import AuthError, HubError, OutputExistsError, QuantizerError, SourceError
 from .events import EventStream
 
 T = TypeVar("T")
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 NETWORK_ERRORS = (httpx2.TimeoutException, httpx2.NetworkError, httpx2.RemoteProtocolError)
-
-
-class HubError(QuantizerError):
-    """The Hub refused or failed an operation."""
-
-
-class AuthError(InputError):
-    """The token is missing, invalid, or lacks a permission."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +65,7 @@ def repo_url(repo_id: str) -> str:
 
 def retry_settings() -> tuple[int, float]:
     """Attempts and first delay; the delay doubles each time (tests shorten it with an env variable)."""
-    return int(os.environ.get("QUANTIZER_HUB_ATTEMPTS", "4")), float(os.environ.get("QUANTIZER_HUB_BACKOFF", "1.0"))
+    return settings.get("QUANTIZER_HUB_ATTEMPTS"), settings.get("QUANTIZER_HUB_BACKOFF")
 
 
 def causes(exc: BaseException) -> list[BaseException]:

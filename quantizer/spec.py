@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import settings
 from .naming import split_repo_id
 from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
@@ -14,8 +14,7 @@ DEFAULT_OUTPUT_DIR = Path("out")
 
 def host_deadline_seconds() -> float | None:
     """The host's limit on a job's run time (QUANTIZER_JOB_TIMEOUT seconds), for the CLI and the Space alike."""
-    value = os.environ.get("QUANTIZER_JOB_TIMEOUT")
-    return float(value) if value else None
+    return settings.get("QUANTIZER_JOB_TIMEOUT")
 
 
 # what `--eval-dataset` alone names: the set torchao's published perplexity tables use

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 import uuid
 import warnings
@@ -19,11 +18,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .events import Event, EventStream
 from .report import RecipeResult
 from .source import SourceInfo
 
-DEFAULT_PROJECT = "quantizer"
 HIDDEN = "(private)"
 PROJECT_ENV = "QUANTIZER_TRACKIO_PROJECT"
 VERIFY_METRICS = (
@@ -38,7 +37,7 @@ VERIFY_METRICS = (
 
 
 def project_name(explicit: str | None = None) -> str:
-    return explicit or os.environ.get(PROJECT_ENV) or DEFAULT_PROJECT
+    return explicit or settings.get(PROJECT_ENV)
 
 
 def store_dir() -> Path:
@@ -98,7 +97,7 @@ class Tracker:
             self.events.warn(f"Trackio cannot record this job ({reason}); the job goes on without tracking")
 
     def _writable(self) -> bool:
-        if os.environ.get("TRACKIO_SPACE_ID"):
+        if settings.get("TRACKIO_SPACE_ID"):
             return True
         folder = store_dir()
         try:
@@ -121,7 +120,7 @@ class Tracker:
             return
         import trackio
 
-        synced = bool(os.environ.get("TRACKIO_SPACE_ID"))
+        synced = bool(settings.get("TRACKIO_SPACE_ID"))
         self.hide_repos = synced and (private or info.private or info.gated)
         shown_name = "private-model" if self.hide_repos else info.name
         name = f"{shown_name}-{result.suffix}-{time.strftime('%Y%m%d-%H%M%S')}-{self.job_id}"
@@ -149,7 +148,7 @@ class Tracker:
                 embed=False,
                 auto_log_cpu=False,
                 auto_log_gpu=False,
-                **({"space_id": os.environ["TRACKIO_SPACE_ID"], "private": True} if synced else {}),
+                **({"space_id": settings.get("TRACKIO_SPACE_ID"), "private": True} if synced else {}),
             ),
         )
         if self.run is not None:
@@ -200,8 +199,8 @@ class Tracker:
         self.run, self.quant_type = None, None
 
     def where(self) -> str:
-        if os.environ.get("TRACKIO_SPACE_ID"):
-            return f"the Trackio Space {os.environ['TRACKIO_SPACE_ID']} (project '{self.project}')"
+        if space := settings.get("TRACKIO_SPACE_ID"):
+            return f"the Trackio Space {space} (project '{self.project}')"
         return (
             f"Trackio project '{self.project}' in {store_path(self.project)} (open it: trackio show --project "
             f"{self.project})"

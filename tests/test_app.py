@@ -18,7 +18,7 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from quantizer import suggest
+from quantizer import settings, suggest
 from quantizer.errors import InputError
 from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.tracking import history
@@ -267,7 +267,7 @@ def test_a_job_has_a_deadline_and_a_largest_source_on_a_shared_deployment_and_as
     assert limits.deadline_seconds(shared=True) == 120 and limits.max_source_bytes(shared=True) == 5_000_000_000
     # the slot: the deadline and a margin, never longer than ZeroGPU grants
     assert limits.slot_seconds(120) == 120 + limits.SLOT_MARGIN_SECONDS
-    assert limits.slot_seconds(3600) == limits.slot_seconds(None) == limits.ZEROGPU_SLOT_SECONDS
+    assert limits.slot_seconds(3600) == limits.slot_seconds(None) == settings.default("QUANTIZER_ZEROGPU_SECONDS")
 
 
 def test_on_a_space_the_sign_in_token_is_used_and_the_spaces_own_never(ui_source, hub, monkeypatch):

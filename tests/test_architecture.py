@@ -87,3 +87,22 @@ def test_no_library_import_is_hidden_inside_a_function():
 def test_benchmarks_use_the_library_not_the_tests():
     for path in (ROOT / "benchmarks").glob("*.py"):
         assert "from tests" not in path.read_text() and "import tests" not in path.read_text(), path.name
+
+
+def environment_reads(path: Path) -> list[int]:
+    """Lines of `path` that touch os.environ or os.getenv."""
+    tree = ast.parse(path.read_text())
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr in ("environ", "getenv")
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "os"
+    ]
+
+
+def test_only_the_settings_module_reads_the_environment():
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "ui").rglob("*.py"), ROOT / "app.py"]
+    found = {str(p.relative_to(ROOT)): lines for p in files if (lines := environment_reads(p))}
+    assert list(found) == ["quantizer/settings.py"], found

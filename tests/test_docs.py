@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from quantizer import settings as host_settings
 from tests.conftest import ALICE, HUB
 from tests.support.app_server import ROOT, AppServer
 from tests.support.hub_repos import upload_model, variant
@@ -147,27 +148,29 @@ def settings() -> dict[str, str]:
     formula gives, so a changed setting fails here until the prose follows."""
     from spaces.zero.client import PRO_QUOTA_MINUTES
 
-    from quantizer import int4, resources, suggest, texts, verify
-    from ui import downloads, limits, worker
+    from quantizer import resources, suggest, texts, verify
+    from ui import limits, worker
+
+    gptq_budget = host_settings.default("QUANTIZER_GPTQ_BUDGET")
 
     def share(bytes_per_weight: float) -> float:
         return bytes_per_weight / 2  # of bf16's two bytes
 
     return {
         "20%": f"{verify.TOP1_FLOOR:.0%}",
-        "20 GB": f"{downloads.DEFAULT_QUOTA_BYTES / 1e9:.0f} GB",
-        "15 minutes": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} minutes",
-        "15 min": f"{int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS / 60:.0f} min",
+        "20 GB": f"{host_settings.default('QUANTIZER_DISK_QUOTA') / 1e9:.0f} GB",
+        "15 minutes": f"{host_settings.default('QUANTIZER_GPTQ_BUDGET') / 60:.0f} minutes",
+        "15 min": f"{host_settings.default('QUANTIZER_GPTQ_BUDGET') / 60:.0f} min",
         "1.25 x": f"{resources.MEMORY_FACTOR} x",
         "0.6 GB": f"{resources.RUNTIME_BYTES / 1e9:.1f} GB",
         "50%": f"{share(1):.0%}",  # int8 per row: one byte a weight
         "56%": f"{share(1 + 4 / 32):.0%}",  # Intx int4: one byte a value, bf16 scale and zero per group of 32
         "26.6%": f"{share(0.5 + 4 / 128):.1%}",  # tile-packed: half a byte a value, scale and zero per 128
         "1.7 GB": "1.7 GB",  # the memory limit the larger-than-memory benchmark sets (its --limit-bytes)
-        "300 s": f"{limits.ZEROGPU_SLOT_SECONDS} s",
+        "300 s": f"{host_settings.default('QUANTIZER_ZEROGPU_SECONDS')} s",
         "40 minutes": f"{PRO_QUOTA_MINUTES} minutes",  # what spaces' own message offers PRO accounts
         "90%": f"{worker.MEMORY_SHARE:.0%}",
-        "25 minutes": f"{(int4.methods.DEFAULT_GPTQ_BUDGET_SECONDS + limits.VERIFY_AND_PUSH_SECONDS) / 60:.0f} minutes",
+        "25 minutes": f"{(gptq_budget + limits.VERIFY_AND_PUSH_SECONDS) / 60:.0f} minutes",
         "10 s": f"{texts.TEMPLATE_SECONDS:g} s",
         "1%": f"{suggest.QUALITY_BAR:g}%",  # the perplexity a suggested type may lose
     }
@@ -196,3 +199,7 @@ def test_every_number_in_the_prose_is_a_measured_result_or_a_named_setting():
                 value = re.match(r"[+-]?(\d+(?:\.\d+)?)", number)[1]  # results tables put units in headers
                 measured = re.search(rf"(?<![\d.]){re.escape(value)}(?![\d])", results)
                 assert measured or number in known, f"{doc.name}: {number!r} in: {line}"
+
+
+def test_the_readme_lists_every_setting_as_the_code_defines_it():
+    assert host_settings.markdown_table() in (ROOT / "README.md").read_text()

@@ -13,15 +13,17 @@ from gradio_client import Client
 from huggingface_hub import HfApi
 
 from loopback.zerogpu import DeviceAPI
+from quantizer import settings
 from tests.conftest import ALICE, CAROL
 from tests.support.app_server import shared_space
 from tests.test_public_space import alices_sources, job_folders, stop_in_the_middle_of_gptq, wait_for
-from ui.limits import ZEROGPU_SLOT_SECONDS
 
 
 @pytest.fixture(scope="module")
 def device():
-    api = DeviceAPI(max_duration=ZEROGPU_SLOT_SECONDS).start()  # the longest slot ZeroGPU grants a visitor
+    api = DeviceAPI(
+        max_duration=settings.default("QUANTIZER_ZEROGPU_SECONDS")
+    ).start()  # the longest slot ZeroGPU grants a visitor
     yield api
     api.stop()
 
@@ -46,7 +48,7 @@ def test_a_job_runs_in_the_gpu_worker_and_is_pushed(space, sources, device):
     (schedule,) = device.state.named("/schedule")[started:]
     # the slot asked for: the longest ZeroGPU grants (the job's deadline is the slot less a margin), times the H200
     # MIG's duration factor of 1; the device API refuses longer asks, as ZeroGPU does
-    assert int(schedule["durationSeconds"]) == ZEROGPU_SLOT_SECONDS
+    assert int(schedule["durationSeconds"]) == settings.default("QUANTIZER_ZEROGPU_SECONDS")
     allowed = device.state.named("/allow")
     assert allowed and all(int(a["pid"]) != space.proc.pid for a in allowed)  # a forked worker ran it, not the app
     assert not device.state.active  # the slot was released

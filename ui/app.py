@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
 
-from quantizer import recipes, suggest
+from quantizer import recipes, settings, suggest
 from quantizer.errors import QuantizerError
 from quantizer.events import Event, format_line
 from quantizer.hardware import detect
@@ -25,7 +24,6 @@ from .worker import Finished
 
 EXAMPLE_SOURCES = ["HuggingFaceTB/SmolLM3-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"]
 LOG_INTERVAL = 0.25  # seconds between page updates while events stream in
-DEFAULT_CONCURRENCY = 16  # handlers at once; one job runs at a time whatever this says (ui.jobs.RUN_LOCK)
 
 
 def suggested_name(source: str, types: list[str]) -> str:
@@ -273,7 +271,7 @@ def build_app() -> gr.Blocks:
             api_name="quantize",
             # handlers never wait in the queue behind a running job: jobs wait for the job lock inside their handler,
             # so a stranger's call is refused (sign in, the per-visitor limit) at once instead of holding a slot
-            concurrency_limit=int(os.environ.get("QUANTIZER_CONCURRENCY", str(DEFAULT_CONCURRENCY))),
+            concurrency_limit=settings.get("QUANTIZER_CONCURRENCY"),
         )
         stop_button.click(stop, token, status, api_name="stop", cancels=[run], queue=False)
         app.unload(page_closed)
@@ -281,12 +279,12 @@ def build_app() -> gr.Blocks:
 
 
 def launch(app: gr.Blocks) -> None:
-    app.queue(max_size=int(os.environ.get("QUANTIZER_MAX_QUEUE", "8")))
+    app.queue(max_size=settings.get("QUANTIZER_MAX_QUEUE"))
     # archives are served from where they are, never copied into Gradio's cache outside the download quota
     gr.set_static_paths([str(output_root())])
     app.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        server_name=settings.get("GRADIO_SERVER_NAME"),
+        server_port=settings.get("GRADIO_SERVER_PORT"),
         # save-only archives are served from here; their names are random (uuid4), so nobody can guess another's
         allowed_paths=[str(output_root())],
     )

@@ -9,30 +9,27 @@ token is a fine default and the single user is "local".
 
 from __future__ import annotations
 
-import os
-
 import gradio as gr
 
-from quantizer.errors import QuantizerError
-from quantizer.hub import AuthError, Hub
+from quantizer import settings
+from quantizer.errors import AuthError, QuantizerError
+from quantizer.hub import Hub
 
 LOCAL_USER = "local"
 
 
 def on_space() -> bool:
-    return bool(os.environ.get("SPACE_ID"))
+    return bool(settings.get("SPACE_ID"))
 
 
 def public() -> bool:
     """The app serves strangers: sources are Hub repos only, and every job needs a signed-in visitor."""
-    return on_space() or os.environ.get("QUANTIZER_PUBLIC") == "1"
+    return on_space() or settings.get("QUANTIZER_PUBLIC")
 
 
 def oauth_configured() -> bool:
     """The Space's OAuth variables (set by the Hub when README.md says hf_oauth: true)."""
-    return on_space() and all(
-        os.environ.get(name) for name in ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OPENID_PROVIDER_URL")
-    )
+    return on_space() and len(settings.present(settings.OAUTH_VARIABLES)) == len(settings.OAUTH_VARIABLES)
 
 
 def resolve_token(typed: str | None, oauth_token: str | None) -> str | None:
@@ -41,7 +38,7 @@ def resolve_token(typed: str | None, oauth_token: str | None) -> str | None:
         return oauth_token
     if typed and typed.strip():
         return typed.strip()
-    return None if public() else os.environ.get("HF_TOKEN") or None
+    return None if public() else settings.get("HF_TOKEN") or None
 
 
 def token_for(typed: str | None, oauth_token: gr.OAuthToken | None) -> str | None:

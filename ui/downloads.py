@@ -8,7 +8,6 @@ than `QUANTIZER_DISK_QUOTA` bytes (default 20 GB).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 import uuid
@@ -16,18 +15,16 @@ from pathlib import Path
 
 from gradio.utils import get_upload_folder
 
+from quantizer import settings
 from quantizer.errors import QuantizerError
-
-DEFAULT_TTL_SECONDS = 3600
-DEFAULT_QUOTA_BYTES = 20 * 10**9
 
 
 def ttl_seconds() -> float:
-    return float(os.environ.get("QUANTIZER_OUTPUT_TTL", DEFAULT_TTL_SECONDS))
+    return settings.get("QUANTIZER_OUTPUT_TTL")
 
 
 def quota_bytes() -> int:
-    return int(os.environ.get("QUANTIZER_DISK_QUOTA", DEFAULT_QUOTA_BYTES))
+    return settings.get("QUANTIZER_DISK_QUOTA")
 
 
 def archives(root: Path) -> list[Path]:

@@ -8,7 +8,6 @@ the rest by keyword), and the `JobSpec` a job runs with. A field is added here a
 from __future__ import annotations
 
 import inspect
-import os
 import typing
 import uuid
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 import gradio as gr
 
-from quantizer import int4, recipes
+from quantizer import int4, recipes, settings
 from quantizer.errors import InputError
 from quantizer.hardware import Hardware
 from quantizer.recipes import DEFAULT_GROUP_SIZE, GROUP_SIZES
@@ -34,7 +33,7 @@ DEFAULT_TYPE = "int8_weight_only"
 
 def output_root() -> Path:
     """Where "save on the Space only" keeps outputs (QUANTIZER_OUTPUT_ROOT)."""
-    return Path(os.environ.get("QUANTIZER_OUTPUT_ROOT", "out/space"))
+    return Path(settings.get("QUANTIZER_OUTPUT_ROOT"))
 
 
 @dataclass(frozen=True, kw_only=True)

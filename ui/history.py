@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 
-from quantizer import tracking
+from quantizer import settings, tracking
 from quantizer.hub import repo_url
 
 HISTORY_COLUMNS = ["time", "source", "type", "target", "size ratio", "ppl Δ", "status"]
@@ -37,7 +35,7 @@ def history_frame(project: str | None = None, *, user: str | None = None, nobody
 
 def dashboard_help(project: str | None = None) -> str:
     project = tracking.project_name(project)
-    space = os.environ.get("TRACKIO_SPACE_ID")
+    space = settings.get("TRACKIO_SPACE_ID")
     where = (
         f"Runs sync to the Trackio Space [{space}]({repo_url('spaces/' + space)})."
         if space

@@ -7,19 +7,17 @@ ZeroGPU a job runs inside one GPU slot, so its deadline is what a slot can last.
 
 from __future__ import annotations
 
-import os
 import tempfile
 
 import psutil
 from spaces.config import Config as SpacesConfig
 
-from quantizer import int4
+from quantizer import int4, settings
 from quantizer.spec import host_deadline_seconds
 
 # The longest slot ZeroGPU grants one call of a signed-in visitor (5 minutes, per Hugging Face's ZeroGPU team; a
 # longer ask is refused as an "illegal duration"). spaces' own message offers PRO accounts GPU tasks up to 40 min,
 # so a host whose visitors have PRO accounts may raise it with QUANTIZER_ZEROGPU_SECONDS.
-ZEROGPU_SLOT_SECONDS = 300
 SLOT_MARGIN_SECONDS = 20  # the slot outlasts the job's deadline by this much: the job stops and cleans up in time
 VERIFY_AND_PUSH_SECONDS = 600  # loading, the reference pass, verification and the upload, beside the int4 budget
 SOURCE_SHARE_OF_DISK = 0.25  # a source, its download, the outputs and their staging fit a quarter of the disk 4 times
@@ -31,7 +29,7 @@ def on_zerogpu() -> bool:
 
 
 def zerogpu_slot_seconds() -> int:
-    return int(os.environ.get("QUANTIZER_ZEROGPU_SECONDS", ZEROGPU_SLOT_SECONDS))
+    return settings.get("QUANTIZER_ZEROGPU_SECONDS")
 
 
 def deadline_seconds(shared: bool) -> float | None:
@@ -54,9 +52,9 @@ def slot_seconds(deadline: float | None) -> int:
 def max_source_bytes(shared: bool) -> int | None:
     """The largest source: the host's QUANTIZER_MAX_SOURCE_BYTES; on a shared deployment without it, a quarter of
     the disk the jobs work on, and no more than four times the memory."""
-    value = os.environ.get("QUANTIZER_MAX_SOURCE_BYTES")
+    value = settings.get("QUANTIZER_MAX_SOURCE_BYTES")
     if value:
-        return int(float(value))
+        return value
     if not shared:
         return None
     disk = psutil.disk_usage(tempfile.gettempdir()).total

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import queue
 import shutil
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import psutil
 import spaces
 
+from quantizer import settings
 from quantizer.cancel import CancelToken, JobCancelled
 from quantizer.errors import QuantizerError
 from quantizer.events import Event, EventStream
@@ -148,8 +148,8 @@ def child_context():
 
 def memory_cap_bytes() -> int:
     """The most memory a job's process may hold: QUANTIZER_JOB_MEMORY (bytes), else most of the machine's."""
-    value = os.environ.get("QUANTIZER_JOB_MEMORY")
-    return int(value) if value else int(psutil.virtual_memory().total * MEMORY_SHARE)
+    value = settings.get("QUANTIZER_JOB_MEMORY")
+    return value if value else int(psutil.virtual_memory().total * MEMORY_SHARE)
 
 
 def tree_rss(process: psutil.Process) -> int:

@@ -8,19 +8,18 @@ Adding a method is one class and one entry in `METHODS`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .. import settings
 from ..errors import InputError
 from . import cost, gptq
 from .formats import Int4Format
 from .grid import GroupQuant, quantize_asym
 
 Progress = Callable[[int, int], None]
-DEFAULT_GPTQ_BUDGET_SECONDS = 15 * 60
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,7 +143,7 @@ def method_description(label: str | None) -> str:
 
 def budget_seconds() -> float:
     """How long the default method may take before the faster fallback is chosen (QUANTIZER_GPTQ_BUDGET)."""
-    return float(os.environ.get("QUANTIZER_GPTQ_BUDGET", DEFAULT_GPTQ_BUDGET_SECONDS))
+    return settings.get("QUANTIZER_GPTQ_BUDGET")
 
 
 def auto_description() -> str:
