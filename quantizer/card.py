@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import ModelCard, ModelCardData
 
 from .compute import compute_dtype, configured_dtype, stored_dtype
-from .hardware import Hardware
+from .hardware import Hardware, describe_devices
 from .hub import repo_url
 from .int4 import method_description
 from .measured import BENCH_TABLES, bench_rows
@@ -119,8 +119,8 @@ def render(
         int4_method_text=method_description(result.int4_method),
         format=result.format,
         made_on=made_on_hardware.name,
-        runs_on=runs_on,
-        device_map="cuda" if runs_on == "CUDA GPUs only" else "auto",
+        runs_on=describe_devices(runs_on),
+        device_map="auto" if "cpu" in runs_on else "cuda",
         versions=library_versions(),
         notes=result.notes,
         eval_tokens=v.eval_tokens,

@@ -17,6 +17,7 @@ from . import int4, recipes, settings, suggest
 from .cancel import JobCancelled
 from .errors import InputError, QuantizerError
 from .events import Event, EventStream, format_line
+from .hardware import DEVICES
 from .pipeline import JobSpec, run
 from .report import results_table
 from .spec import WIKITEXT, DatasetRef, host_deadline_seconds
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="quant_types",
         metavar="TYPE",
-        help="repeatable; one of the registry's names or 'both' (default int8_weight_only)",
+        help=f"repeatable; one of the registry's names or 'both' (default {recipes.DEFAULT_TYPE})",
     )
     p.add_argument(
         "--group-size",
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="go on when less than half of the Linear-like weights can be quantized (with a type that cannot "
         "quantize a mixture of experts' 3-D expert weights, they stay in the source dtype)",
     )
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument(
         "--private",
@@ -205,7 +206,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
     return JobSpec(
         source=args.source,
         target=args.target,
-        quant_types=args.quant_types or ["int8_weight_only"],
+        quant_types=args.quant_types or [recipes.DEFAULT_TYPE],
         group_size=args.group_size,
         device=args.device,
         save_only=args.save_only,

@@ -30,6 +30,15 @@ class Hardware:
         return self.device == "cuda"
 
 
+DEVICE_NAMES = {"cpu": "CPU", "cuda": "CUDA GPUs"}
+
+
+def describe_devices(devices: tuple[str, ...]) -> str:
+    """Where an output runs, in words: "CUDA GPUs only" or "CPU and CUDA GPUs"."""
+    names = [DEVICE_NAMES[d] for d in devices]
+    return f"{names[0]} only" if len(names) == 1 else " and ".join(names)
+
+
 def cuda_available() -> bool:
     return torch.cuda.is_available()
 

@@ -30,7 +30,8 @@ from .layers import LinearLayer
 
 DEFAULT_GROUP_SIZE = 128
 GROUP_SIZES = (256, 128, 64, 32)  # largest first: the automatic choice takes the first that fits
-BOTH = ("int8_weight_only", "int4_weight_only")
+DEFAULT_TYPE = "int8_weight_only"  # the type a job makes when none is named (CLI, API, form)
+BOTH = (DEFAULT_TYPE, "int4_weight_only")
 
 ConfigBuilder = Callable[[Hardware, int], AOBaseConfig]
 T = TypeVar("T")
@@ -71,10 +72,11 @@ class Recipe:
         storage = self.int4_format(hardware)
         return storage is not None and (not storage.pads_k or storage.takes_calibrated(hardware.device))
 
-    def runs_on(self, hardware: Hardware) -> str:
+    def runs_on(self, hardware: Hardware) -> tuple[str, ...]:
+        """The devices the output made on `hardware` runs on (int4_tile_packed made on a CPU runs on CUDA only)."""
         storage = self.int4_format(hardware)
         cuda_only = (storage is not None and storage.cuda_only) or self.devices == ("cuda",)
-        return "CUDA GPUs only" if cuda_only else "CPU and CUDA"
+        return ("cuda",) if cuda_only else ("cpu", "cuda")
 
     def unsupported_reason(self, hardware: Hardware) -> str | None:
         """Why this recipe cannot run on `hardware`, or None when it can."""
@@ -102,7 +104,7 @@ class Recipe:
 
     @property
     def hardware_text(self) -> str:
-        if "cpu" in self.devices and self.runs_on(Hardware("cpu")) == "CUDA GPUs only":
+        if "cpu" in self.devices and "cpu" not in self.runs_on(Hardware("cpu")):
             return "made on CPU or CUDA GPU; runs on CUDA GPU"
         if self.devices == ("cuda",):
             if self.min_cuda_capability:
@@ -253,7 +255,7 @@ def get(name: str) -> Recipe:
 def resolve(names: list[str]) -> list[Recipe]:
     """Expand `both` and drop repeats, keeping the order the user gave."""
     expanded: list[str] = []
-    for name in names or ["int8_weight_only"]:
+    for name in names or [DEFAULT_TYPE]:
         for n in BOTH if name == "both" else (name,):
             if n not in expanded:
                 expanded.append(n)
@@ -265,7 +267,7 @@ def made_and_run_on(hardware: Hardware) -> list[str]:
     return [
         r.name
         for r in RECIPES.values()
-        if r.unsupported_reason(hardware) is None and (hardware.is_cuda or r.runs_on(hardware) != "CUDA GPUs only")
+        if r.unsupported_reason(hardware) is None and hardware.device in r.runs_on(hardware)
     ]
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from . import settings
 from .naming import split_repo_id
+from .recipes import DEFAULT_TYPE
 from .texts import DEFAULT_CALIBRATION_TOKENS, DEFAULT_EVAL_TOKENS
 
 DEFAULT_OUTPUT_DIR = Path("out")
@@ -49,7 +50,7 @@ class JobSpec:
     source: str
     target: str | None = None  # namespace/name or name; None: the naming rule
     namespace: str | None = None  # where a push goes when `target` names none; None: the token's owner
-    quant_types: list[str] = field(default_factory=lambda: ["int8_weight_only"])
+    quant_types: list[str] = field(default_factory=lambda: [DEFAULT_TYPE])
     group_size: int | None = None  # None: the default, adjusted automatically to fit the model
     device: str = "auto"
     save_only: bool = False

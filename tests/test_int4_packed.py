@@ -88,7 +88,7 @@ def test_the_registry_claims_the_gpu_check_only_as_the_committed_results_show():
     """The card's 'checked on a GPU' stands on benchmarks/results/gpu-int4-check.json, run on a real GPU."""
     r = recipes.get("int4_tile_packed")
     cpu = Hardware("cpu")
-    assert r.runs_on(cpu) == "CUDA GPUs only" and r.unsupported_reason(cpu) is None
+    assert r.runs_on(cpu) == ("cuda",) and r.unsupported_reason(cpu) is None
     report = json.loads((ROOT / "benchmarks" / "results" / "gpu-int4-check.json").read_text())
     assert not report["errors"]
     assert report["packer_vs_cuda"] and all(row["identical"] for row in report["packer_vs_cuda"])

@@ -28,7 +28,7 @@ from .auth import public
 
 AUTO_GROUP = f"auto ({DEFAULT_GROUP_SIZE}, lowered to fit the model)"
 AUTO = "auto"
-DEFAULT_TYPE = "int8_weight_only"
+DEFAULT_TYPE = recipes.DEFAULT_TYPE
 
 
 def output_root() -> Path:
