@@ -32,10 +32,10 @@ from pathlib import Path
 from benchmarks.streaming import make_synthetic
 from loopback.hub import HubServer, StoredFile
 from quantizer.demo import prepare
-from quantizer.engine import copy_side_files
 from quantizer.hardware import folder_bytes
 from quantizer.report import human_bytes
 from quantizer.safetensors_io import weights_bytes
+from quantizer.source import copy_side_files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FREE_SPACE_MEMORY = 16_000_000_000

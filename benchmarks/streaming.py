@@ -156,10 +156,10 @@ def engine_main(engine: str, source: Path, out: Path, quant_type: str) -> None:
     import quantizer  # noqa: F401 - quiet torchao
     from quantizer import recipes
     from quantizer.cli import quiet_libraries
-    from quantizer.engine import quantize_and_save
     from quantizer.events import EventStream
     from quantizer.hardware import Hardware
     from quantizer.streaming import stream_quantize
+    from quantizer.whole_model import quantize_and_save
 
     quiet_libraries()
     cpu = Hardware("cpu")

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, SmolLM3Config
 
-from quantizer.engine import copy_side_files
+from quantizer.source import copy_side_files
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from .hardware import Hardware, describe_devices
 from .hub import repo_url
 from .int4 import method_description
 from .measured import BENCH_TABLES, bench_rows
+from .plan import TypePlan
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
@@ -72,17 +73,17 @@ def card_metadata(info: SourceInfo, recipe: Recipe) -> ModelCardData:
     return ModelCardData(library_name="transformers", tags=["torchao", info.model_type, recipe.name], **copied)
 
 
-def reproduce_command(info: SourceInfo, result: RecipeResult) -> str:
-    """The CLI line that makes this output again (never with a token)."""
+def reproduce_command(info: SourceInfo, plan: TypePlan, device: str) -> str:
+    """The CLI line that makes this output again (never with a token): every choice the plan made, spelled as the
+    CLI's options (`--int4-method` by the method's registry name, which the CLI takes)."""
     # a local source is named by its folder's name, never by this machine's path
     source = f"{info.repo_id}@{info.revision}" if info.repo_id and info.revision else info.repo_id or f"./{info.name}"
-    parts = ["python", "-m", "quantizer", source, result.target_repo or "TARGET", "--quant-type", result.quant_type]
-    if result.group_size:
-        parts += ["--group-size", str(result.group_size)]
-    if result.int4_method:
-        parts += ["--int4-method", result.int4_method]
-    if result.device:
-        parts += ["--device", result.device]
+    parts = ["python", "-m", "quantizer", source, plan.output.target or "TARGET", "--quant-type", plan.name]
+    if plan.group_size:
+        parts += ["--group-size", str(plan.group_size)]
+    if plan.int4:
+        parts += ["--int4-method", plan.int4.method.name]
+    parts += ["--device", device]
     return shlex.join(parts)
 
 
@@ -150,7 +151,7 @@ def render(
         sample_prompt=SAMPLE_PROMPT,
         sample_source=plain_text(v.sample_source),
         sample=plain_text(v.sample),
-        command=reproduce_command(info, result),
+        command=result.command,
         vllm=result.vllm,
         timing_dtype=str(timing).removeprefix("torch."),
         load_dtype="torch.float32" if timing == torch.float32 and stored != torch.float32 else None,

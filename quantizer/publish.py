@@ -26,6 +26,14 @@ from .spec import JobSpec
 from .texts import DEFAULT_EVAL_TEXT_NAME
 
 
+@dataclass(frozen=True, kw_only=True)
+class Published:
+    """Where the publish stage put an output."""
+
+    url: str | None  # pushed
+    output_dir: str | None  # kept on this machine
+
+
 @dataclass(kw_only=True)
 class Publisher:
     """Publishes the outputs of one job."""
@@ -58,16 +66,16 @@ class Publisher:
         )
         return upload
 
-    def publish(self, staging: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None = None) -> None:
-        """Card, then push (completing `upload` when shards went ahead) and/or keep; `result` gets the url and
-        the output folder."""
+    def publish(self, staging: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None = None) -> Published:
+        """The publish stage: card, then push (completing `upload` when shards went ahead) and/or keep."""
         self.write_card(staging, recipe, result)
-        if self.spec.push:
-            self.push(staging, recipe, result, upload)
+        url = self.push(staging, recipe, result, upload) if self.spec.push else None
+        output_dir = None
         if self.spec.local_dir is not None:
             final = self.spec.local_folder(result.target_repo)
             replace_folder(staging, final)
-            result.output_dir = str(final)
+            output_dir = str(final)
+        return Published(url=url, output_dir=output_dir)
 
     def write_card(self, folder: Path, recipe: Recipe, result: RecipeResult) -> None:
         with self.events.stage("card", "writing the model card", quant_type=recipe.name):
@@ -83,14 +91,12 @@ class Publisher:
                 self.hub.call("validating the model card", card.validate)
             card.save(folder / "README.md")
 
-    def push(self, folder: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None) -> None:
+    def push(self, folder: Path, recipe: Recipe, result: RecipeResult, upload: Upload | None) -> str:
         info, target = self.info, result.target_repo
         revision = f" at {info.revision[:12]}" if info.revision else ""
         named = info.repo_id or info.name  # a local source by its folder's name, never this machine's path
         message = self.events.scrub(f"Quantize {named}{revision} with torchao {recipe.name}")
-        description = self.events.scrub(
-            f"torchao config: {result.torchao_config}\n\n{model_card.reproduce_command(info, result)}"
-        )
+        description = self.events.scrub(f"torchao config: {result.torchao_config}\n\n{result.command}")
         with self.events.stage("push", f"pushing to {target} in one commit", quant_type=recipe.name):
             if upload is not None:
                 url, _ = upload.commit(folder, message=message, description=description)
@@ -103,8 +109,8 @@ class Publisher:
                     description=description,
                     replace=self.spec.overwrite,
                 )
-        result.url = url
         self.events.log(f"pushed {repo_url(target)}", quant_type=recipe.name)
+        return url
 
 
 def replace_folder(staging: Path, final: Path) -> None:

@@ -35,8 +35,10 @@ def value_repr(value) -> str:
     return repr(value)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class RecipeResult:
+    """One type's outcome: what was planned, what each stage measured, and where the output went."""
+
     quant_type: str
     suffix: str
     status: str = "pending"  # ok | failed
@@ -60,7 +62,8 @@ class RecipeResult:
     quantized_share: float | None = None  # of the Linear-like weights (layers.WeightShare), by elements
     verify: VerifyResult | None = None
     vllm: VllmCheck | None = None  # whether vLLM can serve the output, read as vLLM reads it (`serving`)
-    notes: list[str] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+    command: str | None = None  # the CLI line that makes this output again (`card.reproduce_command`)
 
     @property
     def ok(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -369,3 +370,14 @@ def open_source(ref: str, hub: Hub | None = None, *, allow_local: bool = True) -
     if path.exists() or parsed is None or ref.startswith((".", "/", "~")):
         return LocalSource(path)
     return HubSource(parsed[0], parsed[1], hub or Hub(None))
+
+
+def copy_side_files(source_dir: Path, output_dir: Path) -> list[str]:
+    """Copy tokenizer files and the chat template beside the saved weights."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = source_dir / name
+        if src.is_file():
+            shutil.copy2(src, output_dir / name)
+            copied.append(name)
+    return copied

@@ -16,15 +16,16 @@ from benchmarks.tiny_models import FAMILIES, TINY_BASE, build_tiny_family
 from quantizer import recipes
 from quantizer.cli import main
 from quantizer.coverage import check_written
-from quantizer.engine import copy_side_files, quantize_and_save
 from quantizer.errors import QuantizationError
 from quantizer.events import EventStream
 from quantizer.experts import covering
 from quantizer.hardware import Hardware
 from quantizer.layers import WeightShare, count_linear_layers
 from quantizer.layerwise import LayerwiseEvaluator
+from quantizer.source import copy_side_files
 from quantizer.streaming import stream_quantize
 from quantizer.texts import EvalData
+from quantizer.whole_model import quantize_and_save
 from tests.test_families import EXPERT_TYPES
 from tests.test_streaming import no_fit_limit, same_bytes
 

@@ -14,12 +14,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from quantizer import recipes, resources
 from quantizer.cli import main
-from quantizer.engine import copy_side_files, quantize_and_save
 from quantizer.events import EventStream
 from quantizer.hardware import Hardware
+from quantizer.source import copy_side_files
 from quantizer.streaming import stream_quantize
 from quantizer.texts import build_eval_data, default_eval_text
 from quantizer.verify import Figures, measure
+from quantizer.whole_model import quantize_and_save
 from tests.conftest import ALICE
 from tests.support.hub_repos import upload_model
 from tests.support.models import TinyShape, in_the_jobs_dtype

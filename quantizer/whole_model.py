@@ -9,7 +9,6 @@ loaded in its dtype and its Linear weights replaced by an `Int4Choice`. Either w
 from __future__ import annotations
 
 import gc
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,18 +23,7 @@ from .events import EventStream
 from .hardware import Hardware
 from .int4 import Int4Choice, made_here
 from .layers import LayerCount, count_linear_layers
-from .source import TOKENIZER_FILES
-
-
-def copy_side_files(source_dir: Path, output_dir: Path) -> list[str]:
-    """Copy tokenizer files and the chat template beside the saved weights."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        src = source_dir / name
-        if src.is_file():
-            shutil.copy2(src, output_dir / name)
-            copied.append(name)
-    return copied
+from .source import copy_side_files
 
 
 def load_with_int4(
