@@ -20,6 +20,7 @@ from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
 from .source import SourceInfo
 from .texts import SAMPLE_PROMPT, SAMPLE_TOKENS
+from .verify import VerifyResult
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "templates" / "model_card.md.j2"
 # what the new card copies from the source card's YAML header, each only when it has the shape the Hub gives it
@@ -99,11 +100,6 @@ def render(
     assert v is not None, "a card describes a verified output"
     source_link = f"[{info.repo_id}]({repo_url(info.repo_id)})" if info.repo_id else f"`{plain_text(info.name, 120)}`"
     runs_on = recipe.runs_on(made_on_hardware)
-    # the outputs are timed in the dtype the job computes in on this machine (float32 where bf16 is emulated), the
-    # dtype a user of such a machine should load them in
-    stored = stored_dtype(info.config)
-    timing = compute_dtype(stored, made_on_hardware.device)
-    speed = v.tokens_per_second / v.tokens_per_second_source if v.tokens_per_second_source else 1.0
     return ModelCard.from_template(
         card_metadata(info, recipe),
         template_path=str(TEMPLATE),
@@ -124,40 +120,59 @@ def render(
         device_map="auto" if "cpu" in runs_on else "cuda",
         versions=library_versions(),
         notes=result.notes,
-        eval_tokens=v.eval_tokens,
         eval_text_name=eval_text_name,
         source_size=human_bytes(result.source_bytes),
         output_size=human_bytes(result.output_bytes),
         ratio=f"{result.size_ratio:.1%}" if result.size_ratio else "-",
-        ppl_source=fmt(v.ppl_source, ".3f", "not run (streamed)"),
-        ppl_quantized=fmt(v.ppl_quantized, ".3f"),
-        ppl_delta=fmt(v.ppl_delta_pct, "+.2f") + ("%" if v.ppl_delta_pct is not None else ""),
-        top1=fmt(v.top1_agreement, ".1%"),
-        logits_err=fmt(v.logits_rel_err, ".4f"),
-        checked=v.checked,
         source_dtype=source_dtype(info.config),
-        quantized_linear=v.quantized_linear,
-        skipped_linear=v.skipped_linear,
         quantize_seconds=f"{result.seconds.get('quantize', 0):.1f}",
-        load_source=f"{v.load_seconds_source:.2f}",
-        load_quantized=f"{v.load_seconds:.2f}",
-        speed_source=f"{v.tokens_per_second_source:.1f}",
-        speed_quantized=f"{v.tokens_per_second:.1f}",
         sample_tokens=SAMPLE_TOKENS,
         peak_rss=human_bytes(result.peak_rss_bytes),
         peak_gpu=human_bytes(result.peak_gpu_bytes) if result.peak_gpu_bytes is not None else None,
         quantized_share=f"{result.quantized_share:.1%}" if result.quantized_share is not None else "-",
         peak_disk=human_bytes(result.peak_disk_bytes) if result.peak_disk_bytes is not None else None,
         sample_prompt=SAMPLE_PROMPT,
-        sample_source=plain_text(v.sample_source),
-        sample=plain_text(v.sample),
         command=result.command,
         vllm=result.vllm,
+        **verification_fields(v),
+        **timing_fields(info, recipe.name, v, made_on_hardware.device),
+    )
+
+
+def verification_fields(v: VerifyResult) -> dict:
+    """The card's figures from the verification."""
+    return dict(
+        eval_tokens=v.eval_tokens,
+        ppl_source=fmt(v.ppl_source, ".3f", "not run (streamed)"),
+        ppl_quantized=fmt(v.ppl_quantized, ".3f"),
+        ppl_delta=fmt(v.ppl_delta_pct, "+.2f") + ("%" if v.ppl_delta_pct is not None else ""),
+        top1=fmt(v.top1_agreement, ".1%"),
+        logits_err=fmt(v.logits_rel_err, ".4f"),
+        checked=v.checked,
+        quantized_linear=v.quantized_linear,
+        skipped_linear=v.skipped_linear,
+        load_source=f"{v.load_seconds_source:.2f}",
+        load_quantized=f"{v.load_seconds:.2f}",
+        speed_source=f"{v.tokens_per_second_source:.1f}",
+        speed_quantized=f"{v.tokens_per_second:.1f}",
+        sample_source=plain_text(v.sample_source),
+        sample=plain_text(v.sample),
+    )
+
+
+def timing_fields(info: SourceInfo, quant_type: str, v: VerifyResult, device: str) -> dict:
+    """How fast the output ran, in which dtype and mode, and make bench's compiled figure for its type."""
+    # the outputs are timed in the dtype the job computes in on this machine (float32 where bf16 is emulated), the
+    # dtype a user of such a machine should load them in
+    stored = stored_dtype(info.config)
+    timing = compute_dtype(stored, device)
+    speed = v.tokens_per_second / v.tokens_per_second_source if v.tokens_per_second_source else 1.0
+    return dict(
         timing_dtype=str(timing).removeprefix("torch."),
         load_dtype="torch.float32" if timing == torch.float32 and stored != torch.float32 else None,
         slower=f"{speed:.2f}" if speed < 1 else None,
-        compiled=compiled_figure(recipe.name, made_on_hardware.device),
-        bench_table=BENCH_TABLES.get(made_on_hardware.device),
+        compiled=compiled_figure(quant_type, device),
+        bench_table=BENCH_TABLES.get(device),
     )
 
 

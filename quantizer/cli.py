@@ -34,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m quantizer",
         description="Quantize a causal LM with torchao, verify it against the source, save or push it.",
     )
+    add_job_arguments(p)
+    add_int4_arguments(p)
+    add_output_arguments(p)
+    add_measurement_arguments(p)
+    add_information_arguments(p)
+    return p
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """What to quantize, into what, and how."""
     p.add_argument("source", nargs="?", help="model folder or Hub repo id (namespace/name[@revision])")
     p.add_argument(
         "target",
@@ -49,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"repeatable; one of the registry's names or 'both' (default {recipes.DEFAULT_TYPE})",
     )
     p.add_argument(
+        "--streaming",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="quantize shard by shard with bounded memory (default: when the model does not fit in memory)",
+    )
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="go on when less than half of the Linear-like weights can be quantized (with a type that cannot "
+        "quantize a mixture of experts' 3-D expert weights, they stay in the source dtype)",
+    )
+    p.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def add_int4_arguments(p: argparse.ArgumentParser) -> None:
+    """Group size, int4 method and GPTQ's calibration."""
+    p.add_argument(
         "--group-size",
         type=int,
         default=None,
@@ -57,11 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--int4-method",
-        choices=tuple(int4.METHODS),
+        choices=(*int4.METHODS, *int4.ABLATIONS),
+        metavar="{" + ",".join(int4.METHODS) + "}",
         default=None,
         help="how int4 weights are chosen for the int4 types: "
         + "; ".join(f"{m.name} ({m.description})" for m in int4.METHODS.values())
-        + f"; default: {int4.auto_description()}",
+        + f"; default: {int4.auto_description()}. Also GPTQ's ablations, for comparison: {', '.join(int4.ABLATIONS)}",
     )
     p.add_argument(
         "--calibration-text",
@@ -76,19 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CALIBRATION_TOKENS,
         help=f"calibration tokens for GPTQ (default {DEFAULT_CALIBRATION_TOKENS})",
     )
-    p.add_argument(
-        "--streaming",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="quantize shard by shard with bounded memory (default: when the model does not fit in memory)",
-    )
-    p.add_argument(
-        "--allow-partial",
-        action="store_true",
-        help="go on when less than half of the Linear-like weights can be quantized (with a type that cannot "
-        "quantize a mixture of experts' 3-D expert weights, they stay in the source dtype)",
-    )
-    p.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the output goes, and with which token."""
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.add_argument(
         "--private",
@@ -104,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where outputs are kept (default ./out with --save-only; a push keeps no local copy unless given)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder or target repo")
+
+
+def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """What the outputs are measured on, and where the job is recorded."""
     p.add_argument(
         "--eval-text",
         type=Path,
@@ -127,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trackio-project", default=None, help="Trackio project (default: $QUANTIZER_TRACKIO_PROJECT or 'quantizer')"
     )
+
+
+def add_information_arguments(p: argparse.ArgumentParser) -> None:
+    """Output format, and the options that print something and exit."""
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--list-quant-types", action="store_true", help="print the quantization types and exit")
     p.add_argument(
@@ -137,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         f"{', '.join(suggest.TABLES)}; then exit",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks (secrets scrubbed)")
-    return p
 
 
 class ConsolePrinter:

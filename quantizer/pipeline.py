@@ -14,10 +14,11 @@ from pathlib import Path
 
 from .events import Event, EventStream
 from .hub import Hub
-from .measurements import prepare_measurements
+from .measurements import Measurements, prepare_measurements
+from .plan import JobPlan
 from .preflight import preflight
 from .publish import Publisher
-from .report import Report
+from .report import RecipeResult, Report
 from .spec import JobSpec
 from .tracking import Tracker
 from .typejob import TypeRun
@@ -41,16 +42,7 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             fetched = plan.source.fetch(workdir, events, weights=not plan.streaming)
         measurements = prepare_measurements(spec, plan, fetched, events)
         shared_seconds = events.seconds_for(None)
-        publisher = Publisher(
-            spec=spec,
-            info=plan.info,
-            hardware=plan.hardware,
-            hub=hub,
-            events=events,
-            workdir=workdir,
-            private=plan.private,
-            eval_name=plan.texts.eval_name,
-        )
+        publisher = Publisher(spec=spec, plan=plan, hub=hub, events=events, workdir=workdir)
         results = []
         for type_plan in plan.types:
             run_type = TypeRun(
@@ -64,26 +56,34 @@ def run(spec: JobSpec, events: EventStream | None = None) -> Report:
             )
             result = run_type.run(tracker)
             results.append(result)
-            events.emit(
-                Event(
-                    "result", f"{type_plan.name}: {result.status}", quant_type=type_plan.name, data={"result": result}
-                )
-            )
-        reference = measurements.reference
-        return Report(
-            source=plan.info.ref,
-            revision=plan.info.revision,
-            device=plan.hardware.device,
-            hardware=plan.hardware.name,
-            results=results,
-            seconds=shared_seconds,
-            ppl_source=reference.ppl if reference else None,
-            sample_source=reference.sample if reference else None,
-            eval_text=plan.texts.eval_name,
-            calibration_text=plan.texts.calibration_name,
-            compute=plan.compute,
-            tracking=tracker.where() if tracker.recorded and tracker.enabled else None,
-        )
+            summary = f"{type_plan.name}: {result.status}"
+            events.emit(Event("result", summary, quant_type=type_plan.name, data={"result": result}))
+        tracking = tracker.where() if tracker.recorded and tracker.enabled else None
+        return job_report(plan, measurements, results, shared_seconds, tracking)
     finally:
         events.cancel.release()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def job_report(
+    plan: JobPlan,
+    measurements: Measurements,
+    results: list[RecipeResult],
+    shared_seconds: dict[str, float],
+    tracking: str | None,
+) -> Report:
+    reference = measurements.reference
+    return Report(
+        source=plan.info.ref,
+        revision=plan.info.revision,
+        device=plan.hardware.device,
+        hardware=plan.hardware.name,
+        results=results,
+        seconds=shared_seconds,
+        ppl_source=reference.ppl if reference else None,
+        sample_source=reference.sample if reference else None,
+        eval_text=plan.texts.eval_name,
+        calibration_text=plan.texts.calibration_name,
+        compute=plan.compute,
+        tracking=tracking,
+    )

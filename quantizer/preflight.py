@@ -45,12 +45,8 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
     info = source.inspect()
     check_source_size(spec, info)
     covered = coverage.planned(info, recipes, hardware, spec.allow_partial, events)
-    private = spec.private if spec.private is not None else (info.private or info.gated)
+    private, job_notes = privacy(spec, info, events)
     targets = push_targets(spec, identity, info, recipes) if spec.push else local_targets(spec, info, recipes)
-    job_notes = []
-    if spec.push and private and spec.private is None:
-        job_notes.append("the target repo is private because the source is " + ("private" if info.private else "gated"))
-        events.log(job_notes[-1])
     upcast = compute.upcast_factor(info.config, hardware.device)
     compute_note = compute.reason(compute.stored_dtype(info.config), hardware.device)
     events.log(compute_note)
@@ -76,13 +72,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
             int4_plan=int4_plan,
             engine=STREAMING if streaming else WHOLE,
             verification=verification,
-            output=Output(
-                target=targets[recipe.name],
-                push=spec.push,
-                local_folder=spec.local_folder(targets[recipe.name]) if spec.local_dir is not None else None,
-                upload_as_it_goes=upload_as_it_goes,
-                private=private,
-            ),
+            output=output_of(spec, targets[recipe.name], upload_as_it_goes, private),
             job_notes=tuple(job_notes),
             share=covered.shares.get(recipe.name),
             has_experts=covered.has_experts,
@@ -102,6 +92,28 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
         allow_partial=spec.allow_partial,
         compute=compute_note,
         upcast=upcast,
+    )
+
+
+def privacy(spec: JobSpec, info: SourceInfo, events: EventStream) -> tuple[bool, list[str]]:
+    """Whether the targets are private, and the note that says why when the job decided it."""
+    if spec.private is not None:
+        return spec.private, []
+    private = info.private or info.gated
+    if not (spec.push and private):
+        return private, []
+    note = "the target repo is private because the source is " + ("private" if info.private else "gated")
+    events.log(note)
+    return private, [note]
+
+
+def output_of(spec: JobSpec, target: str, upload_as_it_goes: bool, private: bool) -> Output:
+    return Output(
+        target=target,
+        push=spec.push,
+        local_folder=spec.local_folder(target) if spec.local_dir is not None else None,
+        upload_as_it_goes=upload_as_it_goes,
+        private=private,
     )
 
 

@@ -17,13 +17,12 @@ from huggingface_hub import ModelCard
 
 from . import card as model_card
 from .events import EventStream
-from .hardware import Hardware
 from .hub import Hub, Upload, repo_url
+from .plan import JobPlan
 from .recipes import Recipe
 from .report import RecipeResult
 from .source import SourceInfo
 from .spec import JobSpec
-from .texts import DEFAULT_EVAL_TEXT_NAME
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,13 +38,14 @@ class Publisher:
     """Publishes the outputs of one job."""
 
     spec: JobSpec
-    info: SourceInfo
-    hardware: Hardware
+    plan: JobPlan
     hub: Hub
     events: EventStream
     workdir: Path
-    private: bool
-    eval_name: str = DEFAULT_EVAL_TEXT_NAME  # what the card says perplexity was measured on
+
+    @property
+    def info(self) -> SourceInfo:
+        return self.plan.info
 
     def staging_folder(self, recipe: Recipe, target: str) -> Path:
         """A fresh folder beside the final place (so the final move is a rename), or in the job folder."""
@@ -57,7 +57,7 @@ class Publisher:
 
     def open_upload(self, recipe: Recipe, target: str) -> Upload:
         """Open the target for an output uploaded as it is written (the caller abandons it if the job fails)."""
-        upload = Upload(self.hub, target, private=self.private, replace=self.spec.overwrite)
+        upload = Upload(self.hub, target, private=self.plan.private, replace=self.spec.overwrite)
         upload.open()
         self.events.log(
             f"{target}: each finished shard goes to the Hub's storage now and is deleted here; one commit at the "
@@ -83,8 +83,8 @@ class Publisher:
                 self.info,
                 recipe,
                 result,
-                made_on_hardware=self.hardware,
-                eval_text_name=self.eval_name,
+                made_on_hardware=self.plan.hardware,
+                eval_text_name=self.plan.texts.eval_name,
             )
             card = ModelCard(self.events.scrub(card.content))  # a path or a name may carry a secret
             if self.spec.push:
@@ -104,7 +104,7 @@ class Publisher:
                 url, _ = self.hub.push(
                     folder,
                     target,
-                    private=self.private,
+                    private=self.plan.private,
                     message=message,
                     description=description,
                     replace=self.spec.overwrite,

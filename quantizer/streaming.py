@@ -137,91 +137,141 @@ def stream_quantize(
     (`experts.ExpertMerger`) and quantized with `torchao_config` as the whole-model path does;
     `experts_forward` goes to config.json.
     """
-    quantize = quantize or (lambda weight: quantize_weight(weight, torchao_config))
     shard_path = shard_path or (lambda name: source_dir / name)
     files = [p.name for p in source_dir.iterdir()] if source_dir.exists() else []
     index = json.loads((source_dir / INDEX_NAME).read_text()) if (source_dir / INDEX_NAME).is_file() else None
     plan = ShardPlan.read(files, index)
-    ordered = [f"{layer.name}.weight" for layer in planned_linear_layers(config_dict)]
-    quantizable = set(ordered)
-    checked = sample_keys(ordered, check_layers)
-    expert_shapes = planned_expert_weights(config_dict) if quantize_experts else {}
-    model_name = model_names(config_dict["model_type"])
-    merger = ExpertMerger(config_dict["model_type"], next(iter(expert_shapes.values()))[0]) if expert_shapes else None
-    layer_errors: dict[str, float] = {}
-    n_tensors = len(plan.weight_map) or len(quantizable) * 2
+    streamer = ShardStreamer(
+        config_dict=config_dict,
+        torchao_config=torchao_config,
+        quantize=quantize or (lambda weight: quantize_weight(weight, torchao_config)),
+        events=events,
+        n_tensors=len(plan.weight_map),
+        check_layers=check_layers,
+        quantize_experts=quantize_experts,
+    )
     output_dir.mkdir(parents=True, exist_ok=True)
     n = len(plan.shards)
-    names: list[str] = []
-    metadata: dict[str, str] = {}
-    weight_map: dict[str, str] = {}
-    total_size = 0
-    output_bytes = 0
-    quantized = 0
     for i, shard in enumerate(plan.shards):
         out_name = "model.safetensors" if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        reader = ShardReader(shard_path(shard))
-        n_quantized = len(quantizable) + len(expert_shapes)
-        writer = ShardWriter(output_dir / out_name, reserve_for(len(reader.entries), n_tensors, n_quantized))
-        for key in reader.in_file_order():
-            events.checkpoint()  # a stopped job ends here, between tensors
-            piece = merger.match(key) if merger else None
-            if piece is not None:  # one expert's 2-D tensor: kept until its layer's 3-D weight is whole
-                rule, name, index, expert = piece
-                merged = merger.add(rule, name, index, expert, reader.read(key))
-                reader.release(key)
-                if merged is None:
-                    continue
-                key, tensor = name, quantize_expert(merged, name.rsplit(".", 1)[1], torchao_config)
-                del merged
-                quantized += 1
-                names.append(model_name(key))
-                total_size += write_quantized(writer, key, tensor, metadata, weight_map, out_name, model_name)
-                continue
-            param = model_name(key)
-            names.append(param)
-            if param not in quantizable:  # passes through byte for byte, in chunks
-                reader.copy_to(key, writer)
-                metadata[param] = json.dumps({"_type": torch.Tensor.__name__})
-                weight_map[key] = out_name
-                total_size += reader.nbytes(key)
-                continue
-            weight = reader.read(key)
-            tensor = quantize(weight)
-            if param in checked:
-                layer_errors[key] = layer_output_error(weight, tensor)
-            del weight
-            reader.release(key)
-            quantized += 1
-            total_size += write_quantized(writer, key, tensor, metadata, weight_map, out_name, model_name)
-            del tensor
-        writer.close({**metadata, "tensor_names": json.dumps(names), "format": "pt"})
-        reader.close()
-        output_bytes += (output_dir / out_name).stat().st_size
+        streamer.write_shard(shard_path(shard), output_dir / out_name)
         if written:
             written(shard_path(shard), output_dir / out_name)
         if release:
             release(shard)
         events.progress("stream", i + 1, n, quant_type=quant_type)
-    if n > 1:
-        index_out = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (output_dir / INDEX_NAME).write_text(json.dumps(index_out, indent=2, sort_keys=True) + "\n")
-    if merger:
-        merger.check_done()
-        if merger.merged != len(expert_shapes):
-            raise ValueError(f"merged {merger.merged} expert weights of the {len(expert_shapes)} the model has")
-    write_config(output_dir, config_dict, covering(torchao_config, config_dict) if merger else torchao_config)
-    write_forward(output_dir, experts_forward if merger else None)
-    if (source_dir / "generation_config.json").is_file():  # save_pretrained writes it on the standard path
-        shutil.copy2(source_dir / "generation_config.json", output_dir / "generation_config.json")
-    missing = quantizable - set(names)
-    if missing:
-        raise ValueError(f"the source has no tensor for {sorted(missing)[:3]}")
-    return Streamed(
-        counts=LayerCount(quantized=quantized, skipped=planned_skipped_linears(config_dict)),
-        layer_errors=layer_errors,
-        output_bytes=output_bytes,
-    )
+    return streamer.finish(source_dir, output_dir, multiple_shards=n > 1, experts_forward=experts_forward)
+
+
+class ShardStreamer:
+    """The state of one streamed output: what was written where, with the metadata transformers reads back."""
+
+    def __init__(
+        self,
+        *,
+        config_dict: dict,
+        torchao_config: AOBaseConfig,
+        quantize: Callable[[torch.Tensor], torch.Tensor],
+        events: EventStream,
+        n_tensors: int,
+        check_layers: int,
+        quantize_experts: bool,
+    ) -> None:
+        self.config_dict, self.torchao_config, self.quantize, self.events = (
+            config_dict,
+            torchao_config,
+            quantize,
+            events,
+        )
+        ordered = [f"{layer.name}.weight" for layer in planned_linear_layers(config_dict)]
+        self.quantizable = set(ordered)
+        self.checked = sample_keys(ordered, check_layers)
+        self.expert_shapes = planned_expert_weights(config_dict) if quantize_experts else {}
+        self.model_name = model_names(config_dict["model_type"])
+        first_shape = next(iter(self.expert_shapes.values()))[0] if self.expert_shapes else None
+        self.merger = ExpertMerger(config_dict["model_type"], first_shape) if self.expert_shapes else None
+        self.n_tensors = n_tensors or len(self.quantizable) * 2
+        self.layer_errors: dict[str, float] = {}
+        self.names: list[str] = []
+        self.metadata: dict[str, str] = {}
+        self.weight_map: dict[str, str] = {}
+        self.total_size = self.output_bytes = self.quantized = 0
+
+    def write_shard(self, source_file: Path, output_file: Path) -> None:
+        """One source shard into one output shard, a tensor at a time."""
+        reader = ShardReader(source_file)
+        n_quantized = len(self.quantizable) + len(self.expert_shapes)
+        writer = ShardWriter(output_file, reserve_for(len(reader.entries), self.n_tensors, n_quantized))
+        for key in reader.in_file_order():
+            self.events.checkpoint()  # a stopped job ends here, between tensors
+            self.write_tensor(reader, writer, key, output_file.name)
+        writer.close({**self.metadata, "tensor_names": json.dumps(self.names), "format": "pt"})
+        reader.close()
+        self.output_bytes += output_file.stat().st_size
+
+    def write_tensor(self, reader: ShardReader, writer: ShardWriter, key: str, out_name: str) -> None:
+        piece = self.merger.match(key) if self.merger else None
+        if piece is not None:  # one expert's 2-D tensor: kept until its layer's 3-D weight is whole
+            rule, name, index, expert = piece
+            merged = self.merger.add(rule, name, index, expert, reader.read(key))
+            reader.release(key)
+            if merged is not None:
+                tensor = quantize_expert(merged, name.rsplit(".", 1)[1], self.torchao_config)
+                del merged
+                self.add_quantized(writer, name, tensor, out_name)
+            return
+        param = self.model_name(key)
+        if param not in self.quantizable:  # passes through byte for byte, in chunks
+            self.names.append(param)
+            reader.copy_to(key, writer)
+            self.metadata[param] = json.dumps({"_type": torch.Tensor.__name__})
+            self.weight_map[key] = out_name
+            self.total_size += reader.nbytes(key)
+            return
+        weight = reader.read(key)
+        tensor = self.quantize(weight)
+        if param in self.checked:
+            self.layer_errors[key] = layer_output_error(weight, tensor)
+        del weight
+        reader.release(key)
+        self.add_quantized(writer, key, tensor, out_name)
+
+    def add_quantized(self, writer: ShardWriter, key: str, tensor: torch.Tensor, out_name: str) -> None:
+        self.quantized += 1
+        self.names.append(self.model_name(key))
+        self.total_size += write_quantized(
+            writer, key, tensor, self.metadata, self.weight_map, out_name, self.model_name
+        )
+
+    def finish(self, source_dir: Path, output_dir: Path, *, multiple_shards: bool, experts_forward: str | None):
+        """The index, config.json and generation config; checks that every planned weight was written."""
+        if multiple_shards:
+            index_out = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": dict(sorted(self.weight_map.items())),
+            }
+            (output_dir / INDEX_NAME).write_text(json.dumps(index_out, indent=2, sort_keys=True) + "\n")
+        merger, config_dict = self.merger, self.config_dict
+        if merger:
+            merger.check_done()
+            if merger.merged != len(self.expert_shapes):
+                raise ValueError(
+                    f"merged {merger.merged} expert weights of the {len(self.expert_shapes)} the model has"
+                )
+        write_config(
+            output_dir, config_dict, covering(self.torchao_config, config_dict) if merger else self.torchao_config
+        )
+        write_forward(output_dir, experts_forward if merger else None)
+        if (source_dir / "generation_config.json").is_file():  # save_pretrained writes it on the standard path
+            shutil.copy2(source_dir / "generation_config.json", output_dir / "generation_config.json")
+        missing = self.quantizable - set(self.names)
+        if missing:
+            raise ValueError(f"the source has no tensor for {sorted(missing)[:3]}")
+        return Streamed(
+            counts=LayerCount(quantized=self.quantized, skipped=planned_skipped_linears(config_dict)),
+            layer_errors=self.layer_errors,
+            output_bytes=self.output_bytes,
+        )
 
 
 def write_quantized(

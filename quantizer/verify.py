@@ -231,6 +231,35 @@ def check_sane(result: VerifyResult, quant_type: str) -> None:
         )
 
 
+def streamed_checks(
+    layer_errors: dict[str, float], layerwise: LayerwiseFigures | None, layerwise_missing: str | None
+) -> list[str]:
+    """What a streamed output's verification measured, in words."""
+    checks = [
+        f"output error of {len(layer_errors)} Linear layers spread over the model (worst "
+        f"{max(layer_errors.values(), default=0.0):.2%})"
+    ]
+    if layerwise is not None:
+        checks.append(
+            f"perplexity, logits and top-1 of the source and of the output on {layerwise.tokens} tokens, run one "
+            f"decoder layer at a time ({layerwise.layers} layers) from the shards as they were written"
+        )
+    elif layerwise_missing:
+        checks.append(layerwise_missing)
+    return checks
+
+
+def layerwise_figures(layerwise: LayerwiseFigures | None) -> dict[str, float | None]:
+    """The comparisons with the source that the layer-by-layer run gives (None without it)."""
+    return {
+        "logits_rel_err": layerwise.logits_rel_err if layerwise else None,
+        "top1_agreement": layerwise.top1_agreement if layerwise else None,
+        "ppl_source": layerwise.ppl_source if layerwise else None,
+        "ppl_quantized": layerwise.ppl_quantized if layerwise else None,
+        "ppl_delta_pct": (layerwise.ppl_quantized / layerwise.ppl_source - 1) * 100 if layerwise else None,
+    }
+
+
 def verify_streamed(
     output_dir: Path,
     hardware: Hardware,
@@ -247,24 +276,8 @@ def verify_streamed(
     measured while streaming; both models' perplexity, logits and top-1 run one decoder layer at a time
     from the shards as they were written (`layerwise`); then, unless `no_reload_because` says why not (the
     output was uploaded as it was written, or is larger than memory), a stock reload with a sample."""
-    checks = [
-        f"output error of {len(layer_errors)} Linear layers spread over the model (worst "
-        f"{max(layer_errors.values(), default=0.0):.2%})"
-    ]
-    if layerwise is not None:
-        checks.append(
-            f"perplexity, logits and top-1 of the source and of the output on {layerwise.tokens} tokens, run one "
-            f"decoder layer at a time ({layerwise.layers} layers) from the shards as they were written"
-        )
-    elif layerwise_missing:
-        checks.append(layerwise_missing)
-    compared = {
-        "logits_rel_err": layerwise.logits_rel_err if layerwise else None,
-        "top1_agreement": layerwise.top1_agreement if layerwise else None,
-        "ppl_source": layerwise.ppl_source if layerwise else None,
-        "ppl_quantized": layerwise.ppl_quantized if layerwise else None,
-        "ppl_delta_pct": (layerwise.ppl_quantized / layerwise.ppl_source - 1) * 100 if layerwise else None,
-    }
+    checks = streamed_checks(layer_errors, layerwise, layerwise_missing)
+    compared = layerwise_figures(layerwise)
     if no_reload_because:
         checks.append(f"{no_reload_because}, so it was not reloaded")
         return VerifyResult(

@@ -37,22 +37,8 @@ def quantize_gptq(
     then a contiguous row) with one fused rank-1 update a step: 45% less time than on column slices.
     """
     params = clipped_params if clip else asym_params
-    w = weight.float().clone()
+    w, h, scales, zeros, group_of, perm = ordered_columns(weight, hessian, group_size, act_order, params)
     n, k = w.shape
-    h = hessian.clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1
-    w[:, dead] = 0
-    groups = k // group_size
-    if act_order:  # static groups: every group's qparams now, columns in order of their Hessian diagonal
-        scales, zeros = params(w.reshape(n, groups, group_size), weight.dtype)
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w, h = w[:, perm], h[perm][:, perm]
-        group_of = (perm // group_size).tolist()
-    else:
-        scales = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
-        zeros = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
-        group_of = [column // group_size for column in range(k)]
     h_inv = inverse_cholesky(h, damp)
     wt = w.T.contiguous()  # [k, n]
     qt = torch.zeros(k, n, device=w.device)
@@ -79,6 +65,26 @@ def quantize_gptq(
     if act_order:
         q = q[:, torch.argsort(perm)]
     return GroupQuant(q.to(torch.int8).contiguous(), scales, zeros)
+
+
+def ordered_columns(weight: torch.Tensor, hessian: torch.Tensor, group_size: int, act_order: bool, params):
+    """The float32 weight and Hessian with dead inputs zeroed, in the order GPTQ visits the columns; the groups'
+    qparams (fixed now with act-order, else zeros filled in as the loop reaches each group), each column's group,
+    and the permutation (None without act-order)."""
+    w = weight.float().clone()
+    n, k = w.shape
+    h = hessian.clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    groups = k // group_size
+    if act_order:  # static groups: every group's qparams now, columns in order of their Hessian diagonal
+        scales, zeros = params(w.reshape(n, groups, group_size), weight.dtype)
+        perm = torch.argsort(torch.diag(h), descending=True)
+        return w[:, perm], h[perm][:, perm], scales, zeros, (perm // group_size).tolist(), perm
+    scales = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
+    zeros = torch.zeros(n, groups, dtype=weight.dtype, device=w.device)
+    return w, h, scales, zeros, [column // group_size for column in range(k)], None
 
 
 def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:

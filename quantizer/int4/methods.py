@@ -12,12 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torchao.quantization.quant_primitives import _choose_qparams_and_quantize_affine_hqq
 
 from .. import settings
 from ..errors import InputError
 from . import cost, gptq
 from .formats import Int4Format
-from .grid import GroupQuant, quantize_asym
+from .grid import QMIN, GroupQuant, quantize_asym
 
 Progress = Callable[[int, int], None]
 
@@ -65,6 +66,29 @@ class AsymRoundToNearest(Int4Method):
         return quantize_asym(weight, group_size)
 
 
+class HQQ(Int4Method):
+    """torchao's HQQ qparams (`Int4WeightOnlyConfig(int4_choose_qparams_algorithm="hqq")` computes them the same
+    way): each group's scale and zero point refined by half-quadratic optimization of the weight's own error."""
+
+    def quantize_tensor(self, weight: torch.Tensor, group_size: int) -> GroupQuant:
+        n, k = weight.shape
+        q, scale, zero, _ = _choose_qparams_and_quantize_affine_hqq(
+            weight,
+            nbits=4,
+            group_size=group_size,
+            axis=1,
+            compute_dtype=weight.dtype,
+            device=str(weight.device),
+            raw_output=True,  # HQQ's own grid: w = (q - zero) * scale with q in [0, 15]
+        )
+        # the shared grid is [-8, 7] with the same formula: q and the zero point shift by 8
+        return GroupQuant(
+            qdata=(q.to(torch.int16) + QMIN).to(torch.int8).reshape(n, k),
+            scale=scale.reshape(n, k // group_size).to(weight.dtype),
+            zero_point=(zero.float() + QMIN).reshape(n, k // group_size).to(weight.dtype),
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class GPTQ(Int4Method):
     act_order: bool = True  # columns in order of their inputs' size
@@ -93,6 +117,11 @@ ASYM = AsymRoundToNearest(
     name="asym",
     description="round-to-nearest with asymmetric groups and a float zero point; instant, much better than rtn",
 )
+HQQ_METHOD = HQQ(
+    name="hqq",
+    description="torchao's HQQ: each group's scale and zero point optimized against the weight's own error, no "
+    "calibration text; a second or so per layer",
+)
 GPTQ_METHOD = GPTQ(
     name="gptq",
     description="GPTQ on calibration text (error-compensating, columns in order of input size, each group's range "
@@ -101,7 +130,7 @@ GPTQ_METHOD = GPTQ(
     calibrated=True,
     streams=False,
 )
-METHODS: dict[str, Int4Method] = {m.name: m for m in (RTN, ASYM, GPTQ_METHOD)}
+METHODS: dict[str, Int4Method] = {m.name: m for m in (RTN, ASYM, HQQ_METHOD, GPTQ_METHOD)}
 
 
 def _gptq_without(name: str, what: str, **parts: bool) -> GPTQ:
