@@ -27,6 +27,7 @@ from quantizer.int4 import ABLATIONS, method_description
 from quantizer.layers import planned_linear_layers
 from quantizer.pipeline import JobSpec, run
 from quantizer.report import human_bytes
+from quantizer.tables import markdown_table
 from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name, mixed
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -71,19 +72,23 @@ def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_
 
 def table(rows: list[dict], linear_params: int) -> list[str]:
     source = rows[0]["source"]
-    lines = [
-        "| method | type | perplexity | Δ vs bf16 | top-1 agreement | quantize (s) | s per M Linear params | bytes |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| bf16 (source) | - | {source['ppl']:.3f} | +0.00% | 100.0% | - | - | {human_bytes(source['bytes'])} |",
-    ]
+    header = ("method", "type", "perplexity", "Δ vs bf16", "top-1 agreement", "quantize (s)", "s per M Linear params")
+    cells = [("bf16 (source)", "-", f"{source['ppl']:.3f}", "+0.00%", "100.0%", "-", "-", human_bytes(source["bytes"]))]
     for row in rows:
         seconds = row["quantize_seconds"] or 0.0
-        lines.append(
-            f"| {row['method']} | {row['quant_type']} | {row['ppl']:.3f} | {row['ppl_delta_pct']:+.2f}% | "
-            f"{row['top1_agreement']:.1%} | {seconds:.1f} | {seconds / (linear_params / 1e6):.2f} | "
-            f"{human_bytes(row['bytes'])} |"
+        cells.append(
+            (
+                row["method"],
+                row["quant_type"],
+                f"{row['ppl']:.3f}",
+                f"{row['ppl_delta_pct']:+.2f}%",
+                f"{row['top1_agreement']:.1%}",
+                f"{seconds:.1f}",
+                f"{seconds / (linear_params / 1e6):.2f}",
+                human_bytes(row["bytes"]),
+            )
         )
-    return lines
+    return markdown_table((*header, "bytes"), cells).splitlines()
 
 
 def summary(runs: list[dict]) -> list[str]:

@@ -23,6 +23,7 @@ from . import settings
 from .cli import main as cli_main
 from .compute import describe_flags, describe_machine, results_name
 from .errors import SourceError
+from .tables import markdown_table
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -96,20 +97,23 @@ def figures_table(report: dict) -> str:
 
     results = report["results"]
     source_bytes = results[0]["source_bytes"]
-    rows = [
-        "| type | size | ratio | ppl | ppl Δ | top-1 | layers q/skip |",
-        "|---|---|---|---|---|---|---|",
-        f"| source | {mb(source_bytes)} | 100% | {report['ppl_source']:.2f} | | | |",
-    ]
+    header = ("type", "size", "ratio", "ppl", "ppl Δ", "top-1", "layers q/skip")
+    rows = [("source", mb(source_bytes), "100%", f"{report['ppl_source']:.2f}", "", "", "")]
     for r in results:
         v = r["verify"]
         how = f" ({r['int4_method'].upper()}, group size {r['group_size']})" if r["int4_method"] else ""
         rows.append(
-            f"| {r['quant_type']}{how} | {mb(r['output_bytes'])} | {r['size_ratio']:.1%} | {v['ppl_quantized']:.2f} "
-            f"| {v['ppl_delta_pct']:+.2f}% | {v['top1_agreement']:.1%} "
-            f"| {v['quantized_linear']}/{v['skipped_linear']} |"
+            (
+                f"{r['quant_type']}{how}",
+                mb(r["output_bytes"]),
+                f"{r['size_ratio']:.1%}",
+                f"{v['ppl_quantized']:.2f}",
+                f"{v['ppl_delta_pct']:+.2f}%",
+                f"{v['top1_agreement']:.1%}",
+                f"{v['quantized_linear']}/{v['skipped_linear']}",
+            )
         )
-    return "\n".join(rows) + "\n"
+    return markdown_table(header, rows) + "\n"
 
 
 def record(report_json: str, folder: Path, seconds: float) -> Path:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from torchao.core.config import AOBaseConfig
 
 from .serving import VllmCheck
+from .tables import markdown_table
 from .verify import VerifyResult
 
 
@@ -108,46 +110,41 @@ def human_bytes(n: int | None) -> str:
     return f"{n:.1f} GB"
 
 
+def percent_change(value: float | None) -> str:
+    return fmt(value, "+.2f") + ("%" if value is not None else "")
+
+
+# Each column of a type's row, by name: the CLI's table and the page's results read these, so a figure is shown the
+# same way everywhere ("-" where it was not measured)
+RESULT_CELLS: dict[str, Callable[[RecipeResult], str]] = {
+    "type": lambda r: r.quant_type,
+    "status": lambda r: r.status,
+    "size": lambda r: human_bytes(r.output_bytes),
+    "ratio": lambda r: fmt(r.size_ratio, ".1%"),
+    "ppl source": lambda r: fmt(r.verify and r.verify.ppl_source, ".2f"),
+    "ppl": lambda r: fmt(r.verify and r.verify.ppl_quantized, ".2f"),
+    "ppl Δ": lambda r: percent_change(r.verify and r.verify.ppl_delta_pct),
+    "top-1": lambda r: fmt(r.verify and r.verify.top1_agreement, ".1%"),
+    "logits err": lambda r: fmt(r.verify and r.verify.logits_rel_err, ".4f"),
+    "layers q/skip": lambda r: f"{r.verify.quantized_linear}/{r.verify.skipped_linear}" if r.verify else "-",
+    "weights quantized": lambda r: fmt(r.quantized_share, ".0%"),
+    "time": lambda r: f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
+    "peak RSS": lambda r: human_bytes(r.peak_rss_bytes),
+    "output": lambda r: r.url or r.output_dir or "not kept",
+}
+CLI_COLUMNS = ("type", "status", "size", "ratio", "ppl", "ppl Δ", "top-1", "logits err", "layers q/skip",
+               "weights quantized", "time", "peak RSS", "output")  # fmt: skip
+
+
+def result_row(result: RecipeResult, columns: Sequence[str]) -> list[str]:
+    return [RESULT_CELLS[column](result) for column in columns]
+
+
 def results_table(report: Report) -> str:
     """A markdown table, one row for the source and one per type."""
-    header = (
-        "type",
-        "status",
-        "size",
-        "ratio",
-        "ppl",
-        "ppl Δ",
-        "top-1",
-        "logits err",
-        "layers q/skip",
-        "weights quantized",
-        "time",
-        "peak RSS",
-        "output",
-    )
-    rows = [header]
     source_bytes = next((r.source_bytes for r in report.results if r.source_bytes), None)
-    ppl = f"{report.ppl_source:.2f}" if report.ppl_source is not None else "-"
-    rows.append(("source", "", human_bytes(source_bytes), "100%", ppl, "", "", "", "", "", "", "", report.source))
-    for r in report.results:
-        v = r.verify
-        rows.append(
-            (
-                r.quant_type,
-                r.status,
-                human_bytes(r.output_bytes),
-                f"{r.size_ratio:.1%}" if r.size_ratio is not None else "-",
-                fmt(v and v.ppl_quantized, ".2f"),
-                fmt(v and v.ppl_delta_pct, "+.2f") + ("%" if v and v.ppl_delta_pct is not None else ""),
-                fmt(v and v.top1_agreement, ".1%"),
-                fmt(v and v.logits_rel_err, ".4f"),
-                f"{v.quantized_linear}/{v.skipped_linear}" if v else "-",
-                f"{r.quantized_share:.0%}" if r.quantized_share is not None else "-",
-                f"{sum(r.seconds.values()):.1f}s" if r.seconds else "-",
-                human_bytes(r.peak_rss_bytes),
-                r.url or r.output_dir or "not kept",
-            )
-        )
-    lines = ["| " + " | ".join(row) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("---" for _ in header) + "|")
-    return "\n".join(lines)
+    source = {"type": "source", "size": human_bytes(source_bytes), "ratio": "100%", "output": report.source}
+    source["ppl"] = fmt(report.ppl_source, ".2f")
+    rows = [[source.get(column, "") for column in CLI_COLUMNS]]
+    rows += [result_row(r, CLI_COLUMNS) for r in report.results]
+    return markdown_table(CLI_COLUMNS, rows)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import tables
+
 
 @dataclass(frozen=True, kw_only=True)
 class Setting:
@@ -220,7 +222,7 @@ def skip_torchao_extensions() -> None:
 
 def markdown_table() -> str:
     """The README's table of settings."""
-    rows = ["| variable | where | default | what it sets |", "|---|---|---|---|"]
-    for s in SETTINGS.values():
-        rows.append(f"| `{s.name}` | {'Space' if s.space else 'CLI and Space'} | {s.shown_default} | {s.means} |")
-    return "\n".join(rows)
+    rows = [
+        (f"`{s.name}`", "Space" if s.space else "CLI and Space", s.shown_default, s.means) for s in SETTINGS.values()
+    ]
+    return tables.markdown_table(("variable", "where", "default", "what it sets"), rows)

@@ -106,3 +106,33 @@ def test_only_the_settings_module_reads_the_environment():
     files = [*PACKAGE.rglob("*.py"), *(ROOT / "ui").rglob("*.py"), ROOT / "app.py"]
     found = {str(p.relative_to(ROOT)): lines for p in files if (lines := environment_reads(p))}
     assert list(found) == ["quantizer/settings.py"], found
+
+
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+
+
+def code_files() -> list[Path]:
+    return [*PACKAGE.rglob("*.py"), *(ROOT / "ui").rglob("*.py")]
+
+
+def test_no_module_is_over_400_lines():
+    long = {
+        str(p.relative_to(ROOT)): n for p in code_files() if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_no_function_is_over_60_lines():
+    long = {}
+    for path in code_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long[f"{path.relative_to(ROOT)}:{node.name}"] = lines
+    assert long == {}
+
+
+def test_the_pipeline_reads_as_its_stages():
+    """pipeline.py hands each step to its module: far fewer of the project's modules than the 24 it once imported."""
+    assert len(library_graph()["quantizer.pipeline"]) <= 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import gradio as gr
@@ -14,11 +15,12 @@ from quantizer.events import Event, format_line
 from quantizer.hardware import detect
 from quantizer.naming import suggested_target_name
 from quantizer.report import Report, results_table
+from quantizer.spec import JobSpec
 
 from . import auth, downloads
 from .form import AUTO, NAMES, FormValues, api_handler, components, output_root, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
-from .jobs import REGISTRY, JobProgress, Waiting, stream_job
+from .jobs import REGISTRY, JobProgress, Ticket, Waiting, stream_job
 from .render import RESULT_COLUMNS, results_frame, samples_markdown, sizes_frame
 from .worker import Finished
 
@@ -52,6 +54,50 @@ def suggest_for(target: str):
     return [advice.quant_type], advice.int4_method or AUTO, text
 
 
+@dataclass
+class JobView:
+    """The handler's outputs while a job runs: its status, its time-stamped log and, once done, its report."""
+
+    started: float = field(default_factory=time.time)
+    log: list[str] = field(default_factory=list)
+
+    def add(self, line: str) -> None:
+        self.log.append(f"{time.time() - self.started:6.1f}s {line}")
+
+    def __call__(self, status: str, report: Report | None = None, download: str | None = None) -> tuple:
+        # the chart only changes once there is something to draw: an empty frame would fix its axes' types
+        chart = sizes_frame(report) if report and report.results else gr.skip()
+        return (
+            status,
+            "\n".join(self.log),
+            results_frame(report),
+            chart,
+            samples_markdown(report),
+            report.to_dict() if report else None,
+            download,
+        )
+
+
+def admit(
+    values: FormValues, oauth_token: gr.OAuthToken | None, request: gr.Request | None
+) -> tuple[JobSpec, Ticket] | str:
+    """The job's spec and its place in the queue, or why it is refused."""
+    if not (values.source or "").strip():
+        return "give a source: a Hub repo id (namespace/name) or a folder on this machine."
+    if not values.quant_types:
+        return "choose at least one quantization type."
+    secret = auth.token_for(values.token, oauth_token)
+    try:
+        spec = values.to_spec(secret)
+        visitor = auth.visitor(secret)
+    except QuantizerError as exc:
+        return str(exc)
+    ticket = REGISTRY.admit(visitor, request.session_hash if request else None)
+    if ticket is None:
+        return "you already have a job running and one waiting: wait for them, or press Stop."
+    return spec, ticket
+
+
 def quantize(
     values: FormValues, oauth_token: gr.OAuthToken | None, progress: gr.Progress | None, request: gr.Request | None
 ) -> Iterator[tuple]:
@@ -63,78 +109,44 @@ def quantize(
     the output of a save-only job on a shared Space, as one zip.
     """
     progress = progress or gr.Progress()
-    started = time.time()
-    log: list[str] = []
-
-    def stamp(line: str) -> str:
-        return f"{time.time() - started:6.1f}s {line}"
-
-    def view(status: str, report: Report | None = None, download: str | None = None) -> tuple:
-        # the chart only changes once there is something to draw: an empty frame would fix its axes' types
-        chart = sizes_frame(report) if report and report.results else gr.skip()
-        return (
-            status,
-            "\n".join(log),
-            results_frame(report),
-            chart,
-            samples_markdown(report),
-            report.to_dict() if report else None,
-            download,
-        )
-
-    if not (values.source or "").strip():
-        yield view("❌ give a source: a Hub repo id (namespace/name) or a folder on this machine.")
+    view = JobView()
+    admitted = admit(values, oauth_token, request)
+    if isinstance(admitted, str):
+        yield view(f"❌ {admitted}")
         return
-    if not values.quant_types:
-        yield view("❌ choose at least one quantization type.")
-        return
-    secret = auth.token_for(values.token, oauth_token)
-    try:
-        spec = values.to_spec(secret)
-        visitor = auth.visitor(secret)
-    except QuantizerError as exc:
-        yield view(f"❌ {exc}")
-        return
-    ticket = REGISTRY.admit(visitor, request.session_hash if request else None)
-    if ticket is None:
-        yield view("❌ you already have a job running and one waiting: wait for them, or press Stop.")
-        return
+    spec, ticket = admitted
     if spec.save_only and auth.public():
         downloads.sweep(output_root())
-    log.append(
-        stamp(
-            f"job started: {spec.source} -> {', '.join(spec.quant_types)}"
-            f"{' (saved on the Space only)' if spec.save_only else ''}"
-        )
-    )
+    saved = " (saved on the Space only)" if spec.save_only else ""
+    view.add(f"job started: {spec.source} -> {', '.join(spec.quant_types)}{saved}")
     yield view("⏳ running…")
     tracker = JobProgress(len(spec.quant_types), push=spec.push)
     last_update = 0.0
     for item in stream_job(spec, ticket):
         if isinstance(item, Finished):
-            yield finished_view(item, log, view, stamp, spec)
+            yield finished_view(item, view, spec)
             return
         if isinstance(item, Waiting):
-            log.append(stamp(f"… {item.message}"))
+            view.add(f"… {item.message}")
             yield view("⏳ waiting for the job ahead…")
             continue
         event: Event = item
         fraction = tracker.update(event)
         line = format_line(event)
         if line:
-            log.append(stamp(line))
+            view.add(line)
         progress(fraction, desc=f"{event.stage or event.kind}")
         if line and (time.time() - last_update >= LOG_INTERVAL or event.kind in ("stage_start", "error")):
             last_update = time.time()
             yield view("⏳ running…")
 
 
-def finished_view(item: Finished, log: list[str], view, stamp, spec) -> tuple:
+def finished_view(item: Finished, view: JobView, spec: JobSpec) -> tuple:
     if item.report is None:
-        log.append(stamp(f"✗ {item.error}"))
+        view.add(f"✗ {item.error}")
         return view(f"❌ {item.error}")
     report = item.report
-    log.extend(["", results_table(report)])
+    view.log.extend(["", results_table(report)])
     failed = [r for r in report.results if not r.ok]
     if failed:
         return view("❌ " + " ".join(f"{r.quant_type}: {r.error}" for r in failed), report)
@@ -144,8 +156,7 @@ def finished_view(item: Finished, log: list[str], view, stamp, spec) -> tuple:
             zipped = downloads.archive(folders, output_root())
         except QuantizerError as exc:
             return view(f"❌ {exc}", report)
-        for r in report.results:
-            r.output_dir = None
+        report.results = [replace(r, output_dir=None) for r in report.results]
         hours = downloads.ttl_seconds() / 3600
         return view(f"✅ done: download the output below (kept for {hours:g} h)", report, str(zipped))
     where = ", ".join(r.url or r.output_dir or "" for r in report.results)
@@ -188,7 +199,6 @@ def show_history(token: str | None = None, oauth_token: gr.OAuthToken | None = N
 
 def build_app() -> gr.Blocks:
     hardware = detect("auto")
-    _, refused = type_choices(hardware)
     build = components(hardware, show_token=not auth.oauth_configured())
     form: dict[str, gr.components.Component] = {}
     # gradio's own copies of downloads go with the archives (checked every 10 minutes)
@@ -204,46 +214,7 @@ def build_app() -> gr.Blocks:
                 gr.LoginButton()
             form["token"] = build["token"]()
         with gr.Tab("Quantize"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    form["source"] = build["source"]()
-                    gr.Examples(EXAMPLE_SOURCES, inputs=form["source"], label="Examples")
-                    target = gr.Dropdown(
-                        [(ANY_TARGET, ANY_TARGET), *((name, key) for key, name in suggest.TARGET_NAMES.items())],
-                        value=ANY_TARGET,
-                        label="Where will it run?",
-                        info="picks the type the measured tables favour there, and shows the rows behind it",
-                        elem_id="run-target",
-                    )
-                    advice = gr.Markdown(elem_id="advice")
-                    form["quant_types"] = build["quant_types"]()
-                    if refused:
-                        gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
-                    form["group_size"] = build["group_size"]()
-                    form["int4_method"] = build["int4_method"]()
-                with gr.Column(scale=2):
-                    for name in ("namespace", "target_name", "private", "overwrite", "save_only"):
-                        form[name] = build[name]()
-                    with gr.Row():
-                        run_button = gr.Button("Quantize", variant="primary", elem_id="run")
-                        stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
-            status = gr.Markdown(elem_id="status")
-            log = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
-            with gr.Row():
-                results = gr.Dataframe(
-                    headers=RESULT_COLUMNS,
-                    label="Results",
-                    elem_id="results",
-                    datatype=["str", "str", "markdown", *["str"] * 7],
-                    wrap=True,
-                )
-            with gr.Row():
-                chart = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
-                samples = gr.Markdown(elem_id="samples")
-            download = gr.File(label="Download (save-only output)", elem_id="download", visible=auth.public())
-            with gr.Accordion("Report (JSON)", open=False):
-                report = gr.JSON()
-
+            page = quantize_tab(hardware, build, form)
         with gr.Tab("History", elem_id="history-tab") as history_tab:
             gr.Markdown(dashboard_help())
             history = gr.Dataframe(
@@ -254,28 +225,82 @@ def build_app() -> gr.Blocks:
                 wrap=True,
             )
             refresh = gr.Button("Refresh", elem_id="history-refresh")
-
-        source, quant_types, token, namespace = form["source"], form["quant_types"], form["token"], form["namespace"]
-        for trigger in (source.change, quant_types.change):
-            trigger(suggested_name, [source, quant_types], form["target_name"], api_name=False, show_progress="hidden")
-        target.change(suggest_for, target, [quant_types, form["int4_method"], advice], api_name="suggest")
-        token.blur(refresh_namespaces, token, namespace, api_name=False)
-        app.load(refresh_namespaces, token, namespace, api_name=False)
+        wire(app, form, page)
+        token = form["token"]
         for trigger in (history_tab.select, refresh.click):
             trigger(show_history, token, history, api_name=False)
         app.load(show_history, token, history, api_name="history")
-        run = run_button.click(
-            api_handler(quantize),
-            [form[name] for name in NAMES],
-            [status, log, results, chart, samples, report, download],
-            api_name="quantize",
-            # handlers never wait in the queue behind a running job: jobs wait for the job lock inside their handler,
-            # so a stranger's call is refused (sign in, the per-visitor limit) at once instead of holding a slot
-            concurrency_limit=settings.get("QUANTIZER_CONCURRENCY"),
-        )
-        stop_button.click(stop, token, status, api_name="stop", cancels=[run], queue=False)
-        app.unload(page_closed)
     return app
+
+
+def quantize_tab(hardware, build: dict, form: dict[str, gr.components.Component]) -> dict[str, gr.components.Component]:
+    """The form (its fields into `form`), the buttons and the job's outputs; returns the components by name."""
+    _, refused = type_choices(hardware)
+    page: dict[str, gr.components.Component] = {}
+    with gr.Row():
+        with gr.Column(scale=3):
+            form["source"] = build["source"]()
+            gr.Examples(EXAMPLE_SOURCES, inputs=form["source"], label="Examples")
+            page["target"] = gr.Dropdown(
+                [(ANY_TARGET, ANY_TARGET), *((name, key) for key, name in suggest.TARGET_NAMES.items())],
+                value=ANY_TARGET,
+                label="Where will it run?",
+                info="picks the type the measured tables favour there, and shows the rows behind it",
+                elem_id="run-target",
+            )
+            page["advice"] = gr.Markdown(elem_id="advice")
+            form["quant_types"] = build["quant_types"]()
+            if refused:
+                gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
+            form["group_size"] = build["group_size"]()
+            form["int4_method"] = build["int4_method"]()
+        with gr.Column(scale=2):
+            for name in ("namespace", "target_name", "private", "overwrite", "save_only"):
+                form[name] = build[name]()
+            with gr.Row():
+                page["run"] = gr.Button("Quantize", variant="primary", elem_id="run")
+                page["stop"] = gr.Button("Stop", variant="stop", elem_id="stop")
+    page["status"] = gr.Markdown(elem_id="status")
+    page["log"] = gr.Textbox(label="Log", lines=14, max_lines=30, autoscroll=True, elem_id="log")
+    with gr.Row():
+        page["results"] = gr.Dataframe(
+            headers=RESULT_COLUMNS,
+            label="Results",
+            elem_id="results",
+            datatype=["str", "str", "markdown", *["str"] * 7],
+            wrap=True,
+        )
+    with gr.Row():
+        page["chart"] = gr.BarPlot(x="model", y="MB", title="Weights on disk (MB)", y_lim=[0, None], elem_id="sizes")
+        page["samples"] = gr.Markdown(elem_id="samples")
+    page["download"] = gr.File(label="Download (save-only output)", elem_id="download", visible=auth.public())
+    with gr.Accordion("Report (JSON)", open=False):
+        page["report"] = gr.JSON()
+    return page
+
+
+def wire(app: gr.Blocks, form: dict[str, gr.components.Component], page: dict[str, gr.components.Component]) -> None:
+    """The quantize tab's events and API endpoints."""
+    source, quant_types, token, namespace = form["source"], form["quant_types"], form["token"], form["namespace"]
+    for trigger in (source.change, quant_types.change):
+        trigger(suggested_name, [source, quant_types], form["target_name"], api_name=False, show_progress="hidden")
+    page["target"].change(
+        suggest_for, page["target"], [quant_types, form["int4_method"], page["advice"]], api_name="suggest"
+    )
+    token.blur(refresh_namespaces, token, namespace, api_name=False)
+    app.load(refresh_namespaces, token, namespace, api_name=False)
+    outputs = [page[name] for name in ("status", "log", "results", "chart", "samples", "report", "download")]
+    run = page["run"].click(
+        api_handler(quantize),
+        [form[name] for name in NAMES],
+        outputs,
+        api_name="quantize",
+        # handlers never wait in the queue behind a running job: jobs wait for the job lock inside their handler,
+        # so a stranger's call is refused (sign in, the per-visitor limit) at once instead of holding a slot
+        concurrency_limit=settings.get("QUANTIZER_CONCURRENCY"),
+    )
+    page["stop"].click(stop, token, page["status"], api_name="stop", cancels=[run], queue=False)
+    app.unload(page_closed)
 
 
 def launch(app: gr.Blocks) -> None:

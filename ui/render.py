@@ -4,42 +4,19 @@ from __future__ import annotations
 
 import pandas as pd
 
-from quantizer.report import Report, fmt, human_bytes
+from quantizer.report import Report, result_row
 from quantizer.texts import SAMPLE_PROMPT
 
-RESULT_COLUMNS = [
-    "type",
-    "status",
-    "target",
-    "size",
-    "ratio",
-    "ppl source",
-    "ppl quantized",
-    "ppl Δ",
-    "top-1",
-    "time (s)",
-]
+# the page's columns: the shared cells of quantizer.report, with the status and target made for the page
+SHARED_COLUMNS = ("size", "ratio", "ppl source", "ppl", "ppl Δ", "top-1", "time")
+RESULT_COLUMNS = ["type", "status", "target", *SHARED_COLUMNS]
 
 
 def results_frame(report: Report | None) -> pd.DataFrame:
     rows = []
     for r in report.results if report else []:
-        v = r.verify
         target = f"[{r.target_repo}]({r.url})" if r.url else (r.output_dir or r.target_repo or "")
-        rows.append(
-            [
-                r.quant_type,
-                "✅ ok" if r.ok else f"❌ {r.error}",
-                target,
-                human_bytes(r.output_bytes),
-                f"{r.size_ratio:.1%}" if r.size_ratio is not None else "",
-                fmt(v and v.ppl_source, ".2f", ""),
-                fmt(v and v.ppl_quantized, ".2f", ""),
-                fmt(v and v.ppl_delta_pct, "+.2f", "") + ("%" if v and v.ppl_delta_pct is not None else ""),
-                fmt(v and v.top1_agreement, ".1%", ""),
-                f"{sum(r.seconds.values()):.1f}",
-            ]
-        )
+        rows.append([r.quant_type, "✅ ok" if r.ok else f"❌ {r.error}", target, *result_row(r, SHARED_COLUMNS)])
     return pd.DataFrame(rows, columns=RESULT_COLUMNS)
 
 

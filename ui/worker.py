@@ -181,10 +181,8 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
     outbox = context.Queue()
     child = context.Process(target=child_main, args=(spec, str(folder), outbox), name="quantize-job", daemon=True)
     child.start()
-    watched = psutil.Process(child.pid)
-    cap = memory_cap_bytes()
     hard_deadline = time.monotonic() + spec.deadline_seconds + DEADLINE_GRACE_SECONDS if spec.deadline_seconds else None
-    stop_asked: float | None = None
+    watch = Watch(folder=folder, process=psutil.Process(child.pid), cap=memory_cap_bytes(), deadline=hard_deadline)
     finished = False
     next_look = time.monotonic() + WATCH_SECONDS
     try:
@@ -202,31 +200,12 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
                     continue
             next_look = time.monotonic() + WATCH_SECONDS
             if not child.is_alive():
-                with contextlib.suppress(queue.Empty):  # what it wrote just before it ended
-                    while True:
-                        last = outbox.get(timeout=0.5)
-                        yield last
-                        if isinstance(last, Finished):
-                            finished = True
-                            return
-                yield Finished(None, exit_sentence(child.exitcode))
+                yield from last_words(outbox, child.exitcode)
                 finished = True
                 return
-            if (folder / STOP_FILE).exists() and stop_asked is None:
-                stop_asked = time.monotonic()
-            over_memory = tree_rss(watched) > cap
-            overdue = hard_deadline is not None and time.monotonic() > hard_deadline
-            ignored_stop = stop_asked is not None and time.monotonic() - stop_asked > KILL_AFTER_STOP_SECONDS
-            if over_memory or overdue or ignored_stop:
+            if why := watch.reason_to_end():
                 child.kill()
                 child.join(10)
-                why = (
-                    f"the job used more than {cap / 1e9:.1f} GB of memory and was stopped"
-                    if over_memory
-                    else "the job ran past its deadline and did not stop, so it was ended"
-                    if overdue
-                    else "the job did not stop when asked, so it was ended"
-                )
                 yield Finished(None, f"{why}; nothing was kept")
                 finished = True
                 return
@@ -239,6 +218,41 @@ def run_in_child(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
                 child.kill()
                 child.join(10)
         outbox.close()
+
+
+def last_words(outbox, exitcode: int | None) -> Iterator[Event | Finished]:
+    """What an ended child wrote just before it ended, then its ending in one sentence if it sent none."""
+    with contextlib.suppress(queue.Empty):
+        while True:
+            last = outbox.get(timeout=0.5)
+            yield last
+            if isinstance(last, Finished):
+                return
+    yield Finished(None, exit_sentence(exitcode))
+
+
+@dataclass(kw_only=True)
+class Watch:
+    """What the app checks of a running job's process each time it looks."""
+
+    folder: Path
+    process: psutil.Process
+    cap: int  # bytes of memory the process tree may hold
+    deadline: float | None  # monotonic time past which the job is ended
+    stop_asked: float | None = None  # when the STOP file was first seen
+
+    def reason_to_end(self) -> str | None:
+        """Why the job must be killed now (over its memory, past its deadline, deaf to a stop), or None."""
+        now = time.monotonic()
+        if (self.folder / STOP_FILE).exists() and self.stop_asked is None:
+            self.stop_asked = now
+        if tree_rss(self.process) > self.cap:
+            return f"the job used more than {self.cap / 1e9:.1f} GB of memory and was stopped"
+        if self.deadline is not None and now > self.deadline:
+            return "the job ran past its deadline and did not stop, so it was ended"
+        if self.stop_asked is not None and now - self.stop_asked > KILL_AFTER_STOP_SECONDS:
+            return "the job did not stop when asked, so it was ended"
+        return None
 
 
 def stream_isolated(spec: JobSpec, folder: Path) -> Iterator[Event | Finished]:
