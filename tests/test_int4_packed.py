@@ -163,10 +163,10 @@ def test_a_cpu_written_checkpoint_round_trips_through_stock_transformers(tiny_mo
 
 
 def test_calibrated_values_in_the_tile_packed_format_are_the_intx_values(tiny_model, tmp_path, capsys):
-    """GPTQ and asym values stored two to a byte: the same int4 values as the portable Intx output of the same
+    """GPTQ, HQQ and asym values stored two to a byte: the same int4 values as the portable Intx output of the same
     method, read back through the unpack port, and the same perplexity within 0.5%."""
     source = tiny_model(TinyShape(hidden=128, intermediate=256, tied=False))
-    for method in ("asym", "gptq"):
+    for method in ("asym", "hqq", "gptq"):
         out = tmp_path / method
         argv = [str(source), "m", "--quant-type", "int4_weight_only", "--quant-type", "int4_tile_packed"]
         code = main(
