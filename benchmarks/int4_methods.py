@@ -8,7 +8,8 @@ calibrated on the other domains mixed: the text a method is measured on is never
 tuned on. The GPTQ rows include its ablations (`quantizer.int4.ABLATIONS`: without act-order, without
 the clipping search, without both), so each part's worth is measured on every held-out domain. On the
 first domain, asym, HQQ (which torchao recommends for that format) and GPTQ are also written in the truly
-4-bit tile-packed format and measured the same way. Prints markdown tables and writes benchmarks/results/int4_methods.{md,json}.
+4-bit tile-packed format and measured the same way. Prints markdown tables and writes
+benchmarks/results/int4_methods.{md,json}.
 """
 
 from __future__ import annotations
