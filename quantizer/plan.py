@@ -16,7 +16,7 @@ from . import compute, int4
 from .hardware import Hardware
 from .hub import Identity
 from .hub_texts import JobTexts
-from .int4 import Int4Choice, Int4Method
+from .int4 import Int4Choice, MethodChoice
 from .layers import WeightShare
 from .recipes import Recipe
 from .source import Source, SourceInfo
@@ -103,9 +103,7 @@ class JobPlan:
 class Int4Plan:
     """The job's int4 decision, shared by its int4 types."""
 
-    method: Int4Method | None
-    reason: str = ""
-    estimated_seconds: float | None = None
+    choice: MethodChoice  # the method, why, and a calibrated method's estimated time (`int4.choose_method`)
     group_size: int
     group_note: str | None = None
     calibration_name: str | None = None
@@ -129,7 +127,8 @@ def plan_type(
     choice = None
     config = recipe.config(hardware, int4_plan.group_size)
     if storage is not None:
-        method = int4_plan.method if int4_plan.method and storage.takes_calibrated(hardware.device) else int4.RTN
+        planned = int4_plan.choice.method
+        method = planned if planned and storage.takes_calibrated(hardware.device) else int4.RTN
         choice = Int4Choice(
             method=method,
             format=storage,
@@ -139,7 +138,7 @@ def plan_type(
         )
         config = choice.config(config)
         notes += [int4_plan.group_note] if int4_plan.group_note else []
-        notes += [int4_plan.reason] if int4_plan.reason and method is int4_plan.method else []
+        notes += [int4_plan.choice.reason] if int4_plan.choice.reason and method is planned else []
     kernel_note = compute.int8_matmul_note(hardware.device) if recipe.int8_matmul else None
     return TypePlan(
         recipe=recipe,
@@ -147,8 +146,8 @@ def plan_type(
         format=recipe.format_on(hardware),
         int4=choice,
         int4_estimated_seconds=(
-            round(int4_plan.estimated_seconds, 1)
-            if choice and choice.method.calibrated and int4_plan.estimated_seconds
+            round(int4_plan.choice.estimated_seconds, 1)
+            if choice and choice.method.calibrated and int4_plan.choice.estimated_seconds
             else None
         ),
         group_size=int4_plan.group_size if choice else None,

@@ -56,7 +56,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
         check_streaming(info, recipes, hardware, covered.has_experts, source_fits, events)
     int4_plan = plan_int4(spec, recipes, hardware, info, streaming, events)
     check_targets_free(spec, hub, targets)
-    texts = job_texts(spec, workdir, calibrated=bool(int4_plan.method and int4_plan.method.calibrated))
+    texts = job_texts(spec, workdir, calibrated=bool(int4_plan.choice.method and int4_plan.choice.method.calibrated))
     int4_plan = replace(int4_plan, calibration_name=texts.calibration_name)
     upload_as_it_goes = streaming and spec.push and spec.local_dir is None
     measures_source = source_fits and (not streaming or info.repo_id is None)  # a local source's weights are here
@@ -217,9 +217,7 @@ def plan_int4(
     if choice.reason:
         events.log(choice.reason)
     return Int4Plan(
-        method=choice.method,
-        reason=choice.reason,
-        estimated_seconds=choice.estimated_seconds,
+        choice=choice,
         group_size=group_size,
         group_note=group_note,
     )

@@ -58,7 +58,8 @@ def cases():
 
 
 def planned(hardware: Hardware, recipe: recipes.Recipe, method: str | None):
-    int4_plan = Int4Plan(method=int4.get_method(method) if method else None, group_size=64, calibration_name="text")
+    choice = int4.MethodChoice(method=int4.get_method(method) if method else None)
+    int4_plan = Int4Plan(choice=choice, group_size=64, calibration_name="text")
     return plan_type(
         recipe,
         hardware=hardware,
@@ -102,7 +103,8 @@ def test_every_cards_reproduce_command_runs_with_the_cli(hardware, recipe, metho
 
 
 def test_a_job_note_reaches_every_type_and_an_int4_note_only_int4_types():
-    int4_plan = Int4Plan(method=int4.get_method("asym"), reason="int4 method asym (as asked)", group_size=64)
+    choice = int4.MethodChoice(method=int4.get_method("asym"), reason="int4 method asym (as asked)")
+    int4_plan = Int4Plan(choice=choice, group_size=64)
     for recipe in recipes.RECIPES.values():
         if recipe.unsupported_reason(CPU) is not None:
             continue
