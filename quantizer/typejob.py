@@ -18,7 +18,7 @@ from .events import Event, EventStream
 from .hardware import PeakGPU, PeakRSS
 from .measurements import Measurements
 from .plan import JobPlan, TypePlan
-from .publish import Publisher
+from .publish import Published, Publisher
 from .report import RecipeResult, config_repr
 from .serving import VllmCheck
 from .source import Fetched
@@ -125,13 +125,14 @@ class TypeRun:
             if upload is not None and outcome.status != "ok":
                 upload.abandon()  # nothing was committed; a repo this job created goes again
             shutil.rmtree(staging, ignore_errors=True)
+            # built once, from the plan and what the stages gave, with the time and memory of all of them
+            published = outcome.published
             result = replace(
-                outcome.result or self.measured(planned, outcome.stages, peaks),
+                self.measured(planned, outcome.stages, peaks),
                 status=outcome.status,
                 error=outcome.error,
-                seconds=events.seconds_for(tp.name),
-                peak_rss_bytes=peaks.rss.peak_bytes(),
-                peak_gpu_bytes=peaks.gpu.peak_bytes(),
+                url=published.url if published else None,
+                output_dir=published.output_dir if published else None,
             )
             tracker.finish(result)
         return result
@@ -142,9 +143,8 @@ class TypeRun:
         outcome.stages = replace(outcome.stages, verified=verify(job, outcome.stages.quantized))
         check_kept(job, outcome.stages.quantized, outcome.stages.verified)
         outcome.stages = replace(outcome.stages, vllm=serving_check(job, outcome.stages.quantized))
-        measured = self.measured(planned, outcome.stages, peaks)
-        published = self.publisher.publish(job.staging, job.type.recipe, measured, job.upload)
-        outcome.result = replace(measured, url=published.url, output_dir=published.output_dir)
+        described = self.measured(planned, outcome.stages, peaks)  # what the card describes
+        outcome.published = self.publisher.publish(job.staging, job.type.recipe, described, job.upload)
         outcome.status = "ok"
 
     def measured(self, planned: RecipeResult, stages: Stages, peaks: Peaks) -> RecipeResult:
@@ -173,6 +173,6 @@ class Outcome:
     """How far a type got: filled in as its stages finish."""
 
     stages: Stages = field(default_factory=Stages)
-    result: RecipeResult | None = None  # once published
+    published: Published | None = None
     status: str = "failed"
     error: str | None = None
