@@ -473,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file name (default: DEVICE-MODEL)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args, extra = parser.parse_known_args(argv)
-    from quantizer.cli import quiet_libraries
+    from quantizer.console import quiet_libraries
 
     quiet_libraries()
     args.output.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from benchmarks.offgrid import build_offgrid
-from quantizer.cli import quiet_libraries
 from quantizer.compute import describe_flags, describe_machine
+from quantizer.console import quiet_libraries
 from quantizer.demo import cache_root, prepare
 from quantizer.int4 import ABLATIONS, method_description
 from quantizer.layers import planned_linear_layers

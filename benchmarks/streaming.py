@@ -155,7 +155,7 @@ def run_engine(engine: str, source: Path, out: Path, quant_type: str) -> dict:
 def engine_main(engine: str, source: Path, out: Path, quant_type: str) -> None:
     import quantizer  # noqa: F401 - quiet torchao
     from quantizer import recipes
-    from quantizer.cli import quiet_libraries
+    from quantizer.console import quiet_libraries
     from quantizer.events import EventStream
     from quantizer.hardware import Hardware
     from quantizer.streaming import stream_quantize

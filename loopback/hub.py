@@ -26,6 +26,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
+from .jobs import HARDWARE, JobsBackend
+
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
 LICENSES = {
     "apache-2.0",
@@ -134,6 +136,7 @@ class HubState:
         self.repos: dict[tuple[str, str], Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.faults: list[Fault] = []
+        self.collections: dict[str, dict] = {}  # slug -> the collection as /api/collections/{slug} returns it
         self.requests: list[tuple[str, str]] = []
         self._counter = 0
 
@@ -202,6 +205,24 @@ class HubState:
 
     def repo(self, repo_type: str, repo_id: str) -> Repo | None:
         return self.repos.get((repo_type, repo_id))
+
+    def add_collection(self, slug: str, owner: str, model_ids: list[str], title: str = "models") -> None:
+        """A public collection of models, shaped as the Hub's API returns one."""
+        items = [
+            {"_id": hashlib.sha1(m.encode()).hexdigest()[:24], "id": m, "type": "model", "position": i}
+            for i, m in enumerate(model_ids)
+        ]
+        self.collections[slug] = {
+            "slug": slug,
+            "title": title,
+            "owner": {"name": owner, "type": "user"},
+            "items": items,
+            "lastUpdated": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "position": 0,
+            "private": False,
+            "theme": "default",
+            "upvotes": 0,
+        }
 
 
 class HubError(Exception):
@@ -316,6 +337,10 @@ class Handler(BaseHTTPRequestHandler):
             return self.delete(json.loads(body or b"{}"))
         if path == "/api/validate-yaml" and m == "POST":
             return self.validate_yaml(json.loads(body or b"{}"))
+        if path.startswith("/api/jobs/"):
+            return self.jobs_route(path.removeprefix("/api/jobs/"), query, body)
+        if path.startswith("/api/collections/") and m == "GET":
+            return self.collection(path.removeprefix("/api/collections/"))
         if path.startswith("/lfs-upload/") and m == "PUT":
             return self.lfs_put(path.removeprefix("/lfs-upload/"), body)
         api = re.match(r"^/api/(model|dataset|space)s/([^/]+/[^/]+)(?:/(.*))?$", path)
@@ -553,6 +578,58 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
+    # --- Jobs (loopback/jobs.py runs them) ----------------------------------------------------------------------
+    def jobs_route(self, rest: str, query: dict, body: bytes) -> None:
+        m, backend = self.command, self.server.jobs
+        if rest == "hardware" and m == "GET":
+            return self.send(200, HARDWARE)
+        user = self.user(required=True)
+        parts = rest.strip("/").split("/")
+        namespace = parts[0]
+        if not self.may_write_namespace(user, f"{namespace}/x"):
+            raise HubError(403, None, f"You don't have the rights to run or see Jobs in {namespace}")
+        if len(parts) == 1 and m == "POST":
+            return self.send(200, backend.start(user.name, namespace, json.loads(body)).info(self.server.endpoint))
+        if len(parts) == 1 and m == "GET":
+            jobs = backend.listed(namespace, query.get("label", []))
+            return self.send(200, [job.info(self.server.endpoint) for job in jobs])
+        job = backend.get(namespace, parts[1])
+        if job is None:
+            raise HubError(404, None, "Job not found")
+        action = parts[2] if len(parts) > 2 else ""
+        if action == "" and m == "GET":
+            return self.send(200, job.info(self.server.endpoint))
+        if action == "cancel" and m == "POST":
+            backend.cancel(job)
+            return self.send(200, {})
+        if action == "logs" and m == "GET":
+            return self.stream_events(lambda write: backend.stream(job, write))
+        raise HubError(404, None, f"no route for {m} /api/jobs/{rest}")
+
+    def stream_events(self, produce) -> None:
+        """A server-sent event stream in chunked encoding, written as `produce` writes it."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def write(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        try:
+            produce(write)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):  # the client went away
+            self.close_connection = True
+
+    def collection(self, slug: str) -> None:
+        found = self.state.collections.get(slug)
+        if found is None:
+            raise HubError(404, None, "Collection not found")
+        self.send(200, found)
+
     def validate_yaml(self, req: dict) -> None:
         errors = validate_card(req.get("content", ""))
         if errors:
@@ -641,6 +718,7 @@ class HubServer(ThreadingHTTPServer):
         self.state = HubState()
         self.lfs_threshold = lfs_threshold
         self.storage = storage  # large files go here (memory-mapped) instead of memory
+        self.jobs = JobsBackend()  # Hugging Face Jobs, as local processes (a test may give it another)
         self.endpoint = f"http://{host}:{self.server_address[1]}"
         self._thread: threading.Thread | None = None
 
@@ -679,6 +757,7 @@ class HubServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        self.jobs.stop_all()
         self.shutdown()
         self.server_close()
 

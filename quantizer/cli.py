@@ -8,25 +8,31 @@ puts the report on stdout. Exit codes: 0 all types succeeded, 1 a type failed, 2
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TypeVar
 
 from . import int4, recipes, settings, suggest
 from .cancel import JobCancelled
+from .console import ConsolePrinter, quiet_libraries
 from .errors import InputError, QuantizerError
-from .events import Event, EventStream, format_line
+from .events import EventStream
 from .hardware import DEVICES
-from .pipeline import JobSpec, run
-from .report import results_table
-from .spec import WIKITEXT, DatasetRef, host_deadline_seconds
+from .pipeline import run
+from .report import Report, results_table
+from .spec import WIKITEXT, DatasetRef, JobSpec, host_deadline_seconds
+from .tables import markdown_table
 from .texts import (
     DEFAULT_CALIBRATION_TEXT_NAME,
     DEFAULT_CALIBRATION_TOKENS,
     DEFAULT_EVAL_TEXT_NAME,
     DEFAULT_EVAL_TOKENS,
 )
+
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_arguments(p)
     add_measurement_arguments(p)
     add_information_arguments(p)
+    add_scale_arguments(p)
     return p
 
 
@@ -166,42 +173,34 @@ def add_information_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks (secrets scrubbed)")
 
 
-class ConsolePrinter:
-    """Prints events to stderr: one line per stage and log, a redrawn bar for progress on a terminal."""
-
-    def __init__(self, stream: TextIO | None = None):
-        self.stream = stream or sys.stderr  # looked up now, not at import, so redirection is honoured
-        self.tty = self.stream.isatty()
-        self._bar_open = False
-
-    def __call__(self, event: Event) -> None:
-        if event.kind == "progress" and self.tty:
-            prefix = f"[{event.quant_type}] " if event.quant_type else ""
-            filled = int((event.fraction or 0.0) * 24)
-            self.stream.write(f"\r{prefix}  {event.stage} [{'#' * filled}{'.' * (24 - filled)}] {event.message}")
-            self.stream.flush()
-            self._bar_open = True
-            return
-        line = format_line(event)
-        if line is not None:
-            self._end_bar()
-            self._line(line)
-
-    def _end_bar(self) -> None:
-        if self._bar_open:
-            self.stream.write("\n")
-            self._bar_open = False
-
-    def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-
-def quiet_libraries() -> None:
-    """Our events report progress; transformers' own bars and load reports would only add noise."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """Beyond this machine: a Hugging Face Job, and several sources at once."""
+    p.add_argument(
+        "--on-jobs",
+        metavar="FLAVOR",
+        default=None,
+        help="run the job on Hugging Face Jobs on this hardware (billed to your account; --list-jobs-hardware "
+        "shows the flavors and their prices)",
+    )
+    p.add_argument(
+        "--jobs-image",
+        default=None,
+        help="the Docker image the Job runs, one holding this tool: hf.co/spaces/OWNER/NAME "
+        "(default: $QUANTIZER_JOBS_IMAGE, or this Space's own on a Space)",
+    )
+    p.add_argument(
+        "--jobs-timeout", type=int, default=None, help="the Job's deadline in seconds (default: from the estimate)"
+    )
+    p.add_argument("--jobs-namespace", default=None, help="run and bill the Job under this organization")
+    p.add_argument("--list-jobs-hardware", action="store_true", help="print the Jobs flavors and their prices")
+    p.add_argument(
+        "--batch",
+        metavar="FILE|collection:SLUG",
+        default=None,
+        help="several sources: a file with one source a line (optionally followed by its target), or a Hub "
+        "collection; each is its own job with the other flags",
+    )
+    p.add_argument("--report-to-log", action="store_true", help=argparse.SUPPRESS)  # set by --on-jobs in the Job
 
 
 def add_dataset_flags(
@@ -258,9 +257,32 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    informed = information(args)
+    if informed is not None:
+        return informed
+    if args.batch:
+        if args.source:
+            return usage_error("--batch takes its sources from the file or collection: leave SOURCE out.")
+        return batch_main(args)
+    if not args.source:
+        return usage_error("SOURCE is required (see --help): a model folder or a Hub repo id (namespace/name).")
+    spec = spec_from_args(args)
+    quiet_libraries()
+    events = EventStream(ConsolePrinter())
+    stop_on_sigterm(events)
+    outcome = guarded(args, events, lambda: run_one(spec, args, events))
+    if isinstance(outcome, int):
+        return outcome
+    return print_report(outcome, args, events)
+
+
+def information(args: argparse.Namespace) -> int | None:
+    """The options that print something and exit; None when none was given."""
     if args.list_quant_types:
         print(recipes.registry_table())
         return 0
+    if args.list_jobs_hardware:
+        return guarded(args, EventStream(), lambda: print(jobs_hardware_table(args))) or 0
     if args.suggest_for:
         try:
             print(suggest.suggest(args.suggest_for).text())
@@ -268,16 +290,51 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return exc.exit_code
         return 0
-    if not args.source:
-        print(
-            "error: SOURCE is required (see --help): a model folder or a Hub repo id (namespace/name).", file=sys.stderr
-        )
-        return 2
-    spec = spec_from_args(args)
-    quiet_libraries()
-    events = EventStream(ConsolePrinter())
+    return None
+
+
+def jobs_hardware_table(args: argparse.Namespace) -> str:
+    from . import hf_jobs
+    from .hub import Hub
+
+    rows = [
+        [f.name, f.pretty_name, f.accelerator or "-", f.cpu, f.ram, f"${f.usd_per_hour:.2f}"]
+        for f in hf_jobs.flavors(Hub(args.token or settings.get("HF_TOKEN")))
+    ]
+    return markdown_table(["flavor", "name", "GPU", "CPU", "RAM", "per hour"], rows)
+
+
+def usage_error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_one(spec: JobSpec, args: argparse.Namespace, events: EventStream) -> Report:
+    """The job here, or in a Hugging Face Job."""
+    if args.on_jobs:
+        from .on_jobs import run_on_jobs
+
+        return run_on_jobs(spec, jobs_options(args), events)
+    return run(spec, events)
+
+
+def jobs_options(args: argparse.Namespace):
+    from .on_jobs import JobsOptions
+
+    return JobsOptions(
+        flavor=args.on_jobs, image=args.jobs_image, timeout=args.jobs_timeout, namespace=args.jobs_namespace
+    )
+
+
+def stop_on_sigterm(events: EventStream) -> None:
+    """A Job that is cancelled (or any `kill`) stops the job the way Ctrl-C does: what it made is removed."""
+    signal.signal(signal.SIGTERM, lambda *_: events.cancel.cancel("the job was cancelled (SIGTERM)"))
+
+
+def guarded(args: argparse.Namespace, events: EventStream, work: Callable[[], T]) -> T | int:
+    """`work`'s value, or the exit code after its error was printed (scrubbed)."""
     try:
-        report = run(spec, events)
+        return work()
     except QuantizerError as exc:
         if args.debug:
             print(events.scrub(traceback.format_exc()), file=sys.stderr)
@@ -298,12 +355,46 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print("\n" + events.scrub(results_table(report)), file=sys.stderr)
+
+
+def print_report(report: Report, args: argparse.Namespace, events: EventStream) -> int:
+    if not args.on_jobs:  # a Job's log has already shown its table
+        print("\n" + events.scrub(results_table(report)), file=sys.stderr)
     if report.tracking:
         print(f"recorded in {report.tracking}", file=sys.stderr)
     if args.json:
         print(events.scrub(report.to_json()))
+    if args.report_to_log:  # the Job's last line, which --on-jobs reads back
+        from .hf_jobs import report_line
+
+        print(events.scrub(report_line(report)), flush=True)
     failed = [r for r in report.results if not r.ok]
     for r in failed:
         print(f"error: {r.quant_type}: {events.scrub(r.error or '')}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def batch_main(args: argparse.Namespace) -> int:
+    """`--batch`: each source its own job, here or one Job each; then the summary table."""
+    from . import batch
+    from .hub import Hub
+
+    quiet_libraries()
+    events = EventStream(ConsolePrinter())
+    stop_on_sigterm(events)
+
+    def say(line: str) -> None:
+        print(events.scrub(line), file=sys.stderr, flush=True)
+
+    def work() -> list:
+        template = spec_from_args(args)
+        items = batch.read_batch(args.batch, Hub(template.token, events))
+        if args.on_jobs:
+            return batch.run_on_jobs(items, template, jobs_options(args), events, say)
+        return batch.run_here(items, template, lambda spec: run(spec, events), say)
+
+    rows = guarded(args, events, work)
+    if isinstance(rows, int):
+        return rows
+    print("\n" + events.scrub(batch.summary_table(rows)), file=sys.stderr)
+    return 1 if batch.failed(rows) else 0

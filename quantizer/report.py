@@ -94,6 +94,28 @@ class Report:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        """The report again from `to_dict`'s values: a job that ran elsewhere (a Hugging Face Job) sends it back
+        as JSON. Keys this version does not know are dropped, so an older client reads a newer Job's report."""
+        results = [recipe_result_from_dict(r) for r in data.get("results") or []]
+        return cls(**{**known_fields(cls, data), "results": results})
+
+
+def known_fields(cls, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+def recipe_result_from_dict(data: dict) -> RecipeResult:
+    values = known_fields(RecipeResult, data)
+    if values.get("verify"):
+        values["verify"] = VerifyResult(**known_fields(VerifyResult, values["verify"]))
+    if values.get("vllm"):
+        values["vllm"] = VllmCheck(**known_fields(VllmCheck, values["vllm"]))
+    values["notes"] = tuple(values.get("notes") or ())
+    return RecipeResult(**values)
+
 
 def fmt(value: float | None, spec: str, missing: str = "-") -> str:
     """Format a figure that may not have been measured (streaming verifies without the source's figures)."""

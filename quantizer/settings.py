@@ -116,6 +116,19 @@ SETTINGS: dict[str, Setting] = {
             means="seconds before the first retry of a Hub call; doubled each time",
         ),
         Setting(
+            name="QUANTIZER_JOBS_IMAGE",
+            parse=str,
+            default_text="`hf.co/spaces/$SPACE_ID` on a Space, else unset",
+            means="the Docker image a Hugging Face Job runs (`--on-jobs`): one that holds this tool",
+        ),
+        Setting(
+            name="QUANTIZER_MAX_BATCH",
+            parse=int,
+            default=10,
+            space=True,
+            means="the most sources one batch from the Space may hold (the CLI has no cap)",
+        ),
+        Setting(
             name="SPACE_ID",
             parse=str,
             space=True,

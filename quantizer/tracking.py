@@ -20,7 +20,7 @@ from typing import Any
 
 from . import settings
 from .events import Event, EventStream
-from .report import RecipeResult
+from .report import RecipeResult, Report
 from .source import SourceInfo
 
 HIDDEN = "(private)"
@@ -226,3 +226,27 @@ def history(project: str | None = None, limit: int = 200, *, user: str | None = 
                 rows.append({"run": run, "created": config.get("_Created", ""), **config, **merged})
     rows.sort(key=lambda row: row["created"], reverse=True)
     return rows[:limit]
+
+
+def record_report(report: Report, events: EventStream, project: str | None = None, *, user: str | None) -> str | None:
+    """A job that ran elsewhere (a Hugging Face Job, which records nothing of its own) recorded here, one run per
+    type, as a local job's are. Its source may be private, which the report does not say: a synced Trackio Space
+    never names it. Returns where the runs went, or None when nothing was recorded."""
+    tracker = Tracker(events, project)
+    info = SourceInfo(
+        ref=report.source,
+        name=report.source.split("/")[-1],
+        config={},
+        architecture="",
+        model_type="",
+        weight_files=(),
+        weight_bytes=0,
+        revision=report.revision,
+        repo_id=report.source,
+        private=True,
+    )
+    for result in report.results:
+        tracker.start(info, result, report.hardware, user=user, private=True)
+        tracker.log({f"seconds/{stage}": seconds for stage, seconds in result.seconds.items()})
+        tracker.finish(result)
+    return tracker.where() if tracker.recorded else None

@@ -32,7 +32,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from quantizer.cli import quiet_libraries  # noqa: E402
+from quantizer.console import quiet_libraries  # noqa: E402
 from quantizer.demo import prepare  # noqa: E402
 from tests.support.models import DEFAULT_SHAPE, TinyShape, build_tiny_smollm3  # noqa: E402
 
