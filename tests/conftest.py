@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 from loopback.hub import HubServer
+from loopback.jobs import JobsBackend
 
 HUB = HubServer().start()
 os.environ.update(
@@ -23,6 +24,19 @@ os.environ.update(
     QUANTIZER_HUB_BACKOFF="0.05",
     TRACKIO_DIR=tempfile.mkdtemp(prefix="quantizer-test-trackio-"),
     TORCHAO_FORCE_SKIP_LOADING_SO_FILES="1",
+)
+# what the loopback Hub's Jobs get from "the platform": this Hub's needs, and the CPU's kernel limits when set
+HUB.jobs = JobsBackend(
+    platform_env={
+        key: os.environ[key]
+        for key in (
+            "HF_HUB_DISABLE_XET",
+            "TORCHAO_FORCE_SKIP_LOADING_SO_FILES",
+            "ONEDNN_MAX_CPU_ISA",
+            "ATEN_CPU_CAPABILITY",
+        )
+        if key in os.environ
+    }
 )
 os.environ.pop("HF_TOKEN", None)  # tests pass tokens explicitly; a developer's own token must never be used
 for _scratch in (os.environ["HF_HOME"], os.environ["TRACKIO_DIR"]):  # leave no caches behind on the machine
