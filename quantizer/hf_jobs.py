@@ -14,7 +14,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +131,8 @@ def timeout_seconds(estimated: CostEstimate, asked: int | None) -> int:
 def job_argv(spec: JobSpec) -> list[str]:
     """The CLI flags that make `spec` again inside the Job. What exists only on this machine (a folder, a text
     file) is refused here, before anything is submitted, with what to use instead."""
+    if spec.save_only:
+        raise InputError("--save-only keeps the output on the Job's disk, which is gone when it ends: push instead.")
     refusals = {
         "eval_text": "--eval-text is a file on this machine, which a Job cannot read: use --eval-dataset",
         "calibration_text": "--calibration-text is a file on this machine, which a Job cannot read: use "
@@ -145,8 +147,6 @@ def job_argv(spec: JobSpec) -> list[str]:
             f"{spec.source!r} is not a Hub repo id: a Job reads its source from the Hub (namespace/name[@revision]); "
             "upload a local model first."
         )
-    if spec.save_only:
-        raise InputError("--save-only keeps the output on the Job's disk, which is gone when it ends: push instead.")
     if spec.token is None:
         raise InputError("a Job needs a Hub token (--token or HF_TOKEN): it runs and is billed in your account.")
     argv = [spec.source, *([spec.target] if spec.target else [])]
@@ -236,17 +236,29 @@ def report_line(report: Report) -> str:
     return REPORT_MARKER + json.dumps(report.to_dict(), separators=(",", ":"))
 
 
+def log_lines(hub: Hub, job: Submitted) -> Iterator[str | Report]:
+    """The Job's log as it is written, each line scrubbed of the token, and its report where the job printed it."""
+    for line in hub.api.fetch_job_logs(job_id=job.job_id, namespace=job.namespace, follow=True):
+        if line.startswith(REPORT_MARKER):
+            yield Report.from_dict(json.loads(line.removeprefix(REPORT_MARKER)))
+        else:
+            yield hub.events.scrub(line)
+
+
+def ended(hub: Hub, job: Submitted, report: Report | None) -> RemoteOutcome:
+    info = wait_until_ended(hub, job)
+    return RemoteOutcome(job=job, stage=str(info.status.stage), report=report, message=info.status.message)
+
+
 def follow(hub: Hub, job: Submitted, on_line: Callable[[str], None]) -> RemoteOutcome:
     """Stream the Job's log into `on_line` as it is written, until the Job ends; then its outcome."""
     report = None
-    lines = hub.api.fetch_job_logs(job_id=job.job_id, namespace=job.namespace, follow=True)
-    for line in hub.call("reading the Job's log", lambda: iter(lines)):
-        if line.startswith(REPORT_MARKER):
-            report = Report.from_dict(json.loads(line.removeprefix(REPORT_MARKER)))
+    for item in log_lines(hub, job):
+        if isinstance(item, Report):
+            report = item
         else:
-            on_line(hub.events.scrub(line))
-    info = wait_until_ended(hub, job)
-    return RemoteOutcome(job=job, stage=str(info.status.stage), report=report, message=info.status.message)
+            on_line(item)
+    return ended(hub, job, report)
 
 
 def wait_until_ended(hub: Hub, job: Submitted, seconds: float = 60.0):

@@ -27,7 +27,8 @@ from tests.support.models import SLOW_SHAPE
 
 @pytest.fixture(scope="module")
 def space(hub, tmp_path_factory):
-    yield from shared_space(tmp_path_factory.mktemp("public-space"), ALICE, (ALICE, CAROL))
+    jobs_image = {"QUANTIZER_JOBS_IMAGE": "hf.co/spaces/alice/quantizer"}  # SPACE_ID gives it on a real Space
+    yield from shared_space(tmp_path_factory.mktemp("public-space"), ALICE, (ALICE, CAROL), env=jobs_image)
 
 
 def alices_sources(tiny_model, base: Path, prefix: str = "", secret: bool = True) -> dict[str, str]:
@@ -390,3 +391,48 @@ def test_stop_during_a_save_only_job_leaves_no_folder(space, sources):
     assert "stopped: stopped by its visitor; nothing was kept" in job.result(timeout=pace.seconds(60))[0]
     after = set(saved.iterdir()) if saved.exists() else set()
     assert after == before and job_folders(space) == []  # neither the job's output folder nor its staging
+
+
+def test_a_visitors_job_on_hugging_face_jobs_runs_with_their_token_in_their_account(space, sources, hub):
+    client = Client(space.url, verbose=False)
+    priced = client.predict(source=sources["small"], on_jobs="cpu-basic", token=CAROL, api_name="/estimate_jobs")
+    assert "cpu-basic (2 vCPU, 16 GB RAM): $0.01/hour; about 1 min" in priced and "billed to you" in priced
+    started_before = set(hub.jobs.jobs)
+    status, log, *_ = client.predict(
+        source=sources["small"], on_jobs="cpu-basic", token=CAROL, target_name="via-jobs", api_name="/quantize"
+    )
+    assert status == f"✅ done on Hugging Face Jobs: {hub.endpoint}/carol/via-jobs", status
+    (job,) = [job for key, job in hub.jobs.jobs.items() if key not in started_before]
+    # the visitor's token (not the host's), their namespace, their bill
+    assert job.spec["secrets"] == {"HF_TOKEN": CAROL} and job.namespace == "carol" and job.owner == "carol"
+    assert job.stage == "COMPLETED" and "▶ pushing to carol/via-jobs" in log
+    assert HfApi(token=CAROL).repo_exists("carol/via-jobs")
+    history = client.predict(token=CAROL, api_name="/history")["data"]
+    assert any("carol/via-jobs" in row[3] for row in history)  # recorded as a local job is
+
+
+def test_an_anonymous_caller_cannot_start_a_job_and_a_batch_is_capped(space, sources, hub):
+    client = Client(space.url, verbose=False)
+    started_before = len(hub.jobs.jobs)
+    status, *_ = client.predict(source=sources["small"], on_jobs="cpu-basic", api_name="/quantize")
+    assert status == "❌ sign in with Hugging Face first: a Job runs in your own account and is billed to it."
+    many = "\n".join(f"alice/m{i}" for i in range(10))
+    status, *_ = client.predict(
+        source=sources["small"], more_sources=many, on_jobs="cpu-basic", token=CAROL, api_name="/quantize"
+    )
+    assert status == "❌ a batch here takes at most 10 sources, got 11: split it."
+    assert len(hub.jobs.jobs) == started_before
+
+
+def test_stop_cancels_a_visitors_job_on_hugging_face_jobs_and_leaves_no_repo(space, sources, hub):
+    hub.state.slow("POST", r"^/api/models/carol/jobs-stopped/preupload/", 4)
+    client = Client(space.url, verbose=False)
+    job = quantize(client, source=sources["small"], on_jobs="cpu-basic", token=CAROL, target_name="jobs-stopped")
+    wait_for(job, r"▶ pushing to carol/jobs-stopped")
+    time.sleep(1)  # inside the upload, with the repo created
+    client.predict(token=CAROL, api_name="/stop")
+    assert job.result()[0].startswith("⏹ stopped (stopped by its visitor): the Jobs were cancelled")
+    (remote,) = [j for j in hub.jobs.jobs.values() if "jobs-stopped" in j.spec["command"]]
+    assert remote.stage == "CANCELED"
+    time.sleep(5)  # the slow request finishes on the Hub's side: still nothing may land
+    assert not HfApi(token=CAROL).repo_exists("carol/jobs-stopped")

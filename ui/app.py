@@ -17,7 +17,7 @@ from quantizer.naming import suggested_target_name
 from quantizer.report import Report, results_table
 from quantizer.spec import JobSpec
 
-from . import auth, downloads
+from . import auth, downloads, remote
 from .form import AUTO, NAMES, FormValues, api_handler, components, output_root, type_choices
 from .history import HISTORY_COLUMNS, dashboard_help, history_frame
 from .jobs import REGISTRY, JobProgress, Ticket, Waiting, stream_job
@@ -110,6 +110,9 @@ def quantize(
     """
     progress = progress or gr.Progress()
     view = JobView()
+    if values.on_jobs:  # in the visitor's own account, elsewhere: no turn on this Space's job lock
+        yield from remote.run_on_jobs(values, oauth_token, request, view)
+        return
     admitted = admit(values, oauth_token, request)
     if isinstance(admitted, str):
         yield view(f"❌ {admitted}")
@@ -161,6 +164,26 @@ def finished_view(item: Finished, view: JobView, spec: JobSpec) -> tuple:
         return view(f"✅ done: download the output below (kept for {hours:g} h)", report, str(zipped))
     where = ", ".join(r.url or r.output_dir or "" for r in report.results)
     return view(f"✅ done: {where}", report)
+
+
+def estimate_jobs(
+    source: str,
+    more_sources: str = "",
+    on_jobs: str = "",
+    quant_types: list[str] | None = None,
+    token: str | None = None,
+    oauth_token: gr.OAuthToken | None = None,
+) -> str:
+    """What running on Hugging Face Jobs would cost, before anything starts: the flavor, its price per hour and
+    each source's estimate (`quantizer.hf_jobs.estimate`)."""
+    values = FormValues(
+        source=source or "",
+        more_sources=more_sources or "",
+        on_jobs=on_jobs or "",
+        quant_types=quant_types or [recipes.DEFAULT_TYPE],
+        token=token,
+    )
+    return remote.estimate(values, oauth_token)
 
 
 def stop(token: str | None, oauth_token: gr.OAuthToken | None = None, request: gr.Request | None = None) -> str:
@@ -255,8 +278,10 @@ def quantize_tab(hardware, build: dict, form: dict[str, gr.components.Component]
             form["group_size"] = build["group_size"]()
             form["int4_method"] = build["int4_method"]()
         with gr.Column(scale=2):
-            for name in ("namespace", "target_name", "private", "overwrite", "save_only"):
+            for name in ("namespace", "target_name", "private", "overwrite", "save_only", "on_jobs"):
                 form[name] = build[name]()
+            page["jobs_estimate"] = gr.Markdown(elem_id="jobs-estimate")
+            form["more_sources"] = build["more_sources"]()
             with gr.Row():
                 page["run"] = gr.Button("Quantize", variant="primary", elem_id="run")
                 page["stop"] = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -289,6 +314,11 @@ def wire(app: gr.Blocks, form: dict[str, gr.components.Component], page: dict[st
     )
     token.blur(refresh_namespaces, token, namespace, api_name=False)
     app.load(refresh_namespaces, token, namespace, api_name=False)
+    app.load(remote.flavor_choices, token, form["on_jobs"], api_name=False)
+    priced = [form[name] for name in ("source", "more_sources", "on_jobs", "quant_types", "token")]
+    for trigger in (form["on_jobs"].change, form["more_sources"].blur):
+        trigger(estimate_jobs, priced, page["jobs_estimate"], api_name=False, show_progress="hidden")
+    gr.api(estimate_jobs, api_name="estimate_jobs")
     outputs = [page[name] for name in ("status", "log", "results", "chart", "samples", "report", "download")]
     run = page["run"].click(
         api_handler(quantize),

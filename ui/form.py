@@ -50,6 +50,8 @@ class FormValues:
     overwrite: bool = False
     save_only: bool = False
     token: str | None = None  # None or empty: the sign-in (on a Space) or HF_TOKEN (elsewhere)
+    on_jobs: str = ""  # a Hugging Face Jobs flavor to run on, in the visitor's account; empty: this Space
+    more_sources: str = ""  # with on_jobs: more sources, one a line (SOURCE [TARGET]), a Job each
 
     def to_spec(self, token: str | None) -> JobSpec:
         """The job these values ask for; values the form would never send are refused with a sentence. On a
@@ -155,6 +157,22 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
         "overwrite": lambda: gr.Checkbox(value=default("overwrite"), label="Overwrite an existing repo"),
         "save_only": lambda: gr.Checkbox(
             value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
+        ),
+        "on_jobs": lambda: gr.Dropdown(
+            [("this Space", "")],
+            value=default("on_jobs"),
+            label="Run on",
+            allow_custom_value=True,
+            info="this Space, or Hugging Face Jobs hardware in your own account (billed to you; sign in first)",
+            elem_id="on-jobs",
+        ),
+        "more_sources": lambda: gr.Textbox(
+            value=default("more_sources"),
+            label="More sources (a batch, one Job each)",
+            lines=3,
+            placeholder="namespace/name [target-name], one a line",
+            info=f"on Hugging Face Jobs only; at most {settings.get('QUANTIZER_MAX_BATCH')} sources in all",
+            elem_id="more-sources",
         ),
         "token": lambda: gr.Textbox(
             label="Hugging Face token",

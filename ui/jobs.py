@@ -12,7 +12,7 @@ import contextlib
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +42,7 @@ class Ticket:
     session: str | None
     reason: str = ""
     folder: Path | None = None
+    stop_hook: Callable[[str], None] | None = None  # a job that runs elsewhere (a Hugging Face Job): how to stop it
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -55,6 +56,14 @@ class Ticket:
             if self.reason:
                 stop_job(folder, self.reason)
 
+    def on_stop(self, hook: Callable[[str], None]) -> None:
+        """Call `hook` with the reason when the job is stopped (at once if it already was)."""
+        with self._lock:
+            self.stop_hook = hook
+            reason = self.reason
+        if reason:
+            hook(reason)
+
     def stop(self, reason: str) -> None:
         with self._lock:
             if self.reason:
@@ -62,6 +71,9 @@ class Ticket:
             self.reason = reason
             if self.folder is not None:
                 stop_job(self.folder, reason)
+            hook = self.stop_hook
+        if hook is not None:
+            hook(reason)
 
 
 class Registry:
