@@ -15,12 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from . import int4, recipes, settings, suggest
+from . import batch, hf_jobs, int4, recipes, settings, suggest
 from .cancel import JobCancelled
 from .console import ConsolePrinter, quiet_libraries
 from .errors import InputError, QuantizerError
 from .events import EventStream
 from .hardware import DEVICES
+from .hub import Hub
+from .on_jobs import JobsOptions, run_on_jobs
 from .pipeline import run
 from .report import Report, results_table
 from .spec import WIKITEXT, DatasetRef, JobSpec, host_deadline_seconds
@@ -294,9 +296,6 @@ def information(args: argparse.Namespace) -> int | None:
 
 
 def jobs_hardware_table(args: argparse.Namespace) -> str:
-    from . import hf_jobs
-    from .hub import Hub
-
     rows = [
         [f.name, f.pretty_name, f.accelerator or "-", f.cpu, f.ram, f"${f.usd_per_hour:.2f}"]
         for f in hf_jobs.flavors(Hub(args.token or settings.get("HF_TOKEN")))
@@ -312,15 +311,11 @@ def usage_error(message: str) -> int:
 def run_one(spec: JobSpec, args: argparse.Namespace, events: EventStream) -> Report:
     """The job here, or in a Hugging Face Job."""
     if args.on_jobs:
-        from .on_jobs import run_on_jobs
-
         return run_on_jobs(spec, jobs_options(args), events)
     return run(spec, events)
 
 
-def jobs_options(args: argparse.Namespace):
-    from .on_jobs import JobsOptions
-
+def jobs_options(args: argparse.Namespace) -> JobsOptions:
     return JobsOptions(
         flavor=args.on_jobs, image=args.jobs_image, timeout=args.jobs_timeout, namespace=args.jobs_namespace
     )
@@ -365,9 +360,7 @@ def print_report(report: Report, args: argparse.Namespace, events: EventStream) 
     if args.json:
         print(events.scrub(report.to_json()))
     if args.report_to_log:  # the Job's last line, which --on-jobs reads back
-        from .hf_jobs import report_line
-
-        print(events.scrub(report_line(report)), flush=True)
+        print(events.scrub(hf_jobs.report_line(report)), flush=True)
     failed = [r for r in report.results if not r.ok]
     for r in failed:
         print(f"error: {r.quant_type}: {events.scrub(r.error or '')}", file=sys.stderr)
@@ -376,9 +369,6 @@ def print_report(report: Report, args: argparse.Namespace, events: EventStream) 
 
 def batch_main(args: argparse.Namespace) -> int:
     """`--batch`: each source its own job, here or one Job each; then the summary table."""
-    from . import batch
-    from .hub import Hub
-
     quiet_libraries()
     events = EventStream(ConsolePrinter())
     stop_on_sigterm(events)

@@ -114,7 +114,7 @@ def method_choices() -> list[tuple[str, str]]:
 def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[], gr.components.Component]]:
     """A builder per field, each starting at the field's default, so the page and the API agree on it."""
     runnable, _ = type_choices(hardware)
-    return {
+    return jobs_components() | {
         "source": lambda: gr.Textbox(
             label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
         ),
@@ -158,6 +158,19 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
         "save_only": lambda: gr.Checkbox(
             value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
         ),
+        "token": lambda: gr.Textbox(
+            label="Hugging Face token",
+            type="password",
+            placeholder="hf_…",
+            visible=show_token,
+            info="write access to the target namespace; never shown or stored",
+        ),
+    }
+
+
+def jobs_components() -> dict[str, Callable[[], gr.components.Component]]:
+    """Where the job runs: this Space, or Hugging Face Jobs in the visitor's account, with more sources."""
+    return {
         "on_jobs": lambda: gr.Dropdown(
             [("this Space", "")],
             value=default("on_jobs"),
@@ -173,13 +186,6 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
             placeholder="namespace/name [target-name], one a line",
             info=f"on Hugging Face Jobs only; at most {settings.get('QUANTIZER_MAX_BATCH')} sources in all",
             elem_id="more-sources",
-        ),
-        "token": lambda: gr.Textbox(
-            label="Hugging Face token",
-            type="password",
-            placeholder="hf_…",
-            visible=show_token,
-            info="write access to the target namespace; never shown or stored",
         ),
     }
 
