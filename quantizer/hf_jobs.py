@@ -205,9 +205,8 @@ def submit(hub: Hub, spec: JobSpec, flavor: Flavor, *, image: str, timeout: int,
     if endpoint().rstrip("/") != DEFAULT_ENDPOINT:  # a Hub other than huggingface.co (an enterprise or a test Hub)
         environment["HF_ENDPOINT"] = endpoint()
     command = ["python", "-m", "quantizer", *job_argv(spec), "--report-to-log"]
-    info = hub.call(
-        "starting the Job",
-        lambda: hub.api.run_job(
+    try:  # once: a retry after a lost answer could start a second Job, billed twice
+        info = hub.api.run_job(
             image=image,
             command=command,
             env=environment,
@@ -216,8 +215,9 @@ def submit(hub: Hub, spec: JobSpec, flavor: Flavor, *, image: str, timeout: int,
             timeout=timeout,
             labels=labels(spec),
             namespace=namespace,
-        ),
-    )
+        )
+    except Exception as exc:
+        raise hub.translate(exc, "starting the Job", None, 1) from exc
     return Submitted(job_id=info.id, url=info.url, namespace=namespace, timeout_seconds=timeout)
 
 

@@ -243,3 +243,13 @@ def test_a_batch_file_is_checked_for_shape_and_length(tmp_path):
     (tmp_path / "many.txt").write_text("\n".join(f"a/m{i}" for i in range(11)))
     with pytest.raises(InputError, match="holds 11 sources; a batch here takes at most 10"):
         read_batch(str(tmp_path / "many.txt"), Hub(None), limit=10)
+
+
+def test_a_failed_start_is_not_retried_so_no_job_runs_twice(hub, sources, capsys):
+    hub.state.fail("POST", r"^/api/jobs/alice$", 503, times=1)
+    posts_before = hub.state.requests.count(("POST", "/api/jobs/alice"))
+    started_before = len(hub.jobs.jobs)
+    code, _, err = run_cli([sources["jobs-tiny"], "alice/never-started", *on_jobs_flags()], capsys)
+    assert code == 1 and "starting the Job" in err, err
+    assert hub.state.requests.count(("POST", "/api/jobs/alice")) == posts_before + 1
+    assert len(hub.jobs.jobs) == started_before
