@@ -111,6 +111,8 @@ def test_ctrl_c_cancels_the_job_and_leaves_no_repo(hub, sources):
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell that starts the suite in the background hands its children SIGINT ignored: Ctrl-C as a terminal
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # sends it needs the default disposition
     )
     lines = []
     for line in process.stderr:
