@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import hf_jobs, on_jobs
+from . import on_jobs
 from .errors import InputError, QuantizerError
 from .events import EventStream
 from .hub import Hub
+from .on_jobs import BatchRow
 from .report import Report, human_bytes, percent_change
 from .spec import JobSpec
 from .tables import markdown_table
@@ -66,16 +67,6 @@ def parse_lines(text: str, where: str) -> list[BatchItem]:
     return items
 
 
-@dataclass(frozen=True, kw_only=True)
-class BatchRow:
-    """One source's outcome: its report, or the sentence that says why there is none."""
-
-    source: str
-    report: Report | None = None
-    error: str | None = None
-    job_url: str | None = None  # the Hugging Face Job that ran it
-
-
 def specs(items: list[BatchItem], template: JobSpec) -> list[JobSpec]:
     return [dataclasses.replace(template, source=item.source, target=item.target) for item in items]
 
@@ -93,28 +84,12 @@ def run_here(items: list[BatchItem], template: JobSpec, run: Callable[[JobSpec],
 
 
 def run_on_jobs(
-    items: list[BatchItem], template: JobSpec, options: on_jobs.JobsOptions, events: EventStream, say
+    items: list[BatchItem], template: JobSpec, options: on_jobs.JobsOptions, events: EventStream
 ) -> list[BatchRow]:
-    """One Job a source: all are checked and started first (they run at once), then each log is followed."""
+    """One Job a source, with the flavor, image and account settled once; Ctrl-C cancels every Job started."""
     hub = Hub(template.token, events)
-    started: list[tuple[str, hf_jobs.Submitted | None, str | None]] = []
-    for spec in specs(items, template):
-        try:
-            started.append((spec.source, on_jobs.start(on_jobs.prepare(spec, options, hub), hub, say), None))
-        except QuantizerError as exc:
-            started.append((spec.source, None, str(exc)))
-    rows = []
-    for source, job, error in started:
-        if job is None:
-            rows.append(BatchRow(source=source, error=error))
-            continue
-        say(f"the Job for {source} ({job.url}):")
-        try:
-            report = on_jobs.follow_or_cancel(job, hub, lambda line, s=source: say(f"[{s}] {line}"))
-            rows.append(BatchRow(source=source, report=report, job_url=job.url))
-        except QuantizerError as exc:
-            rows.append(BatchRow(source=source, error=str(exc), job_url=job.url))
-    return rows
+    jobs = on_jobs.JobsRun(on_jobs.resolve(options, hub), hub, events)
+    return on_jobs.print_until_done(jobs, jobs.run(specs(items, template)), events)
 
 
 SUMMARY_COLUMNS = ["source", "type", "status", "link", "size", "ppl Δ", "top-1", "why"]

@@ -380,7 +380,7 @@ def batch_main(args: argparse.Namespace) -> int:
         template = spec_from_args(args)
         items = batch.read_batch(args.batch, Hub(template.token, events))
         if args.on_jobs:
-            return batch.run_on_jobs(items, template, jobs_options(args), events, say)
+            return batch.run_on_jobs(items, template, jobs_options(args), events)
         return batch.run_here(items, template, lambda spec: run(spec, events), say)
 
     rows = guarded(args, events, work)

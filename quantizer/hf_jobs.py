@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,27 +249,17 @@ def ended(hub: Hub, job: Submitted, report: Report | None) -> RemoteOutcome:
     return RemoteOutcome(job=job, stage=str(info.status.stage), report=report, message=info.status.message)
 
 
-def follow(hub: Hub, job: Submitted, on_line: Callable[[str], None]) -> RemoteOutcome:
-    """Stream the Job's log into `on_line` as it is written, until the Job ends; then its outcome."""
-    report = None
-    for item in log_lines(hub, job):
-        if isinstance(item, Report):
-            report = item
-        else:
-            on_line(item)
-    return ended(hub, job, report)
-
-
 def wait_until_ended(hub: Hub, job: Submitted, seconds: float = 60.0):
-    """The Job's info once it is in a final stage (the log can end a moment before the stage changes)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        info = hub.call(
-            "reading the Job's state", lambda: hub.api.inspect_job(job_id=job.job_id, namespace=job.namespace)
-        )
-        if str(info.status.stage) in ("COMPLETED", "CANCELED", "ERROR", "DELETED") or time.monotonic() > deadline:
-            return info
-        time.sleep(0.5)
+    """The Job's info once it is in a final stage (the log can end a moment before the stage changes); after
+    `seconds`, as it is then."""
+
+    def final_or_current():
+        try:
+            return hub.api.wait_for_job(job.job_id, namespace=job.namespace, timeout=seconds, poll_interval=0.5)
+        except TimeoutError:
+            return hub.api.inspect_job(job_id=job.job_id, namespace=job.namespace)
+
+    return hub.call("reading the Job's state", final_or_current)
 
 
 def cancel(hub: Hub, job: Submitted) -> None:

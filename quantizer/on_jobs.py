@@ -3,8 +3,10 @@ stream its log, cancel it on Ctrl-C, and hand back its report as a local job wou
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from . import hf_jobs, settings, tracking
@@ -38,47 +40,60 @@ def image_for(asked: str | None) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Target:
+    """Where Jobs run, settled once for a job or a whole batch: the flavor, the image, the account."""
+
+    flavor: hf_jobs.Flavor
+    image: str
+    namespace: str  # who the Jobs run and are billed under
+    timeout: int | None  # seconds asked for; None: from each Job's estimate
+
+
+def resolve(options: JobsOptions, hub: Hub) -> Target:
+    """The token's account, the flavor from the Hub's list and the image: one look-up each, whatever the batch."""
+    identity = hub.whoami()
+    return Target(
+        flavor=hf_jobs.flavor_named(hub, options.flavor),
+        image=image_for(options.image),
+        namespace=options.namespace or identity.name,
+        timeout=options.timeout,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Prepared:
     """A Job ready to start: checked, priced and given its deadline."""
 
     spec: JobSpec
-    flavor: hf_jobs.Flavor
+    target: Target
     estimate: hf_jobs.CostEstimate
-    image: str
     timeout: int
-    namespace: str
 
 
-def prepare(spec: JobSpec, options: JobsOptions, hub: Hub) -> Prepared:
-    """Every check a local job makes before any work, plus the Job's: the source exists and is a model this tool
-    takes, the flags make sense on a Job, the flavor exists; then the price and the estimate."""
-    hf_jobs.job_argv(spec)  # refuses what a Job cannot do, before anything else
-    identity = hub.whoami()
+def prepare(spec: JobSpec, target: Target, hub: Hub) -> Prepared:
+    """Every check a local job makes before any work, plus the Job's: the flags make sense on a Job, the source
+    exists and is a model this tool takes; then the price and the estimate."""
+    hf_jobs.job_argv(spec)  # refuses what a Job cannot do, before the source is looked at
     info = open_source(spec.source, hub, allow_local=False).inspect()
-    flavor = hf_jobs.flavor_named(hub, options.flavor)
-    estimate = hf_jobs.estimate(flavor, info.weight_bytes, hf_jobs.type_names(spec))
+    estimate = hf_jobs.estimate(target.flavor, info.weight_bytes, hf_jobs.type_names(spec))
     return Prepared(
-        spec=spec,
-        flavor=flavor,
-        estimate=estimate,
-        image=image_for(options.image),
-        timeout=hf_jobs.timeout_seconds(estimate, options.timeout),
-        namespace=options.namespace or identity.name,
+        spec=spec, target=target, estimate=estimate, timeout=hf_jobs.timeout_seconds(estimate, target.timeout)
     )
 
 
-def start(prepared: Prepared, hub: Hub, say: Callable[[str], None]) -> hf_jobs.Submitted:
-    say(f"on Hugging Face Jobs: {prepared.estimate.text()}")
+def start(prepared: Prepared, hub: Hub) -> Iterator[str | hf_jobs.Submitted]:
+    """Say the price and the estimate, start the Job, say where it is; the Job last."""
+    yield f"on Hugging Face Jobs: {prepared.estimate.text()}"
     job = hf_jobs.submit(
         hub,
         prepared.spec,
-        prepared.flavor,
-        image=prepared.image,
+        prepared.target.flavor,
+        image=prepared.target.image,
         timeout=prepared.timeout,
-        namespace=prepared.namespace,
+        namespace=prepared.target.namespace,
     )
-    say(f"started the Job {job.url} (timeout {job.timeout_seconds // 60} min); its log follows")
-    return job
+    yield f"started the Job {job.url} (timeout {job.timeout_seconds // 60} min); its log follows"
+    yield job
 
 
 def outcome_report(outcome: hf_jobs.RemoteOutcome) -> Report:
@@ -90,18 +105,6 @@ def outcome_report(outcome: hf_jobs.RemoteOutcome) -> Report:
     raise QuantizerError(f"the Job {outcome.job.url} ended {how} without a report; its log is on that page.")
 
 
-def run_on_jobs(spec: JobSpec, options: JobsOptions, events: EventStream) -> Report:
-    """One job on Jobs, from the CLI: the log streams to stderr; Ctrl-C cancels the Job."""
-    hub = Hub(spec.token, events)
-
-    def say(line: str) -> None:
-        print(events.scrub(line), file=sys.stderr, flush=True)
-
-    prepared = prepare(spec, options, hub)
-    job = start(prepared, hub, say)
-    return recorded(follow_or_cancel(job, hub, say), spec, events, user=prepared.namespace)
-
-
 def recorded(report: Report, spec: JobSpec, events: EventStream, *, user: str | None) -> Report:
     """The Job's report, recorded in Trackio here as a local job's is (unless the job asked for no tracking)."""
     if spec.track:
@@ -109,13 +112,102 @@ def recorded(report: Report, spec: JobSpec, events: EventStream, *, user: str | 
     return report
 
 
-def follow_or_cancel(job: hf_jobs.Submitted, hub: Hub, say: Callable[[str], None]) -> Report:
+@dataclass(frozen=True, kw_only=True)
+class BatchRow:
+    """One source's outcome, here or on Jobs: its report, or the sentence that says why there is none."""
+
+    source: str
+    report: Report | None = None
+    error: str | None = None
+    job_url: str | None = None  # the Hugging Face Job that ran it
+
+
+@dataclass(frozen=True)
+class Started:
+    spec: JobSpec
+    job: hf_jobs.Submitted
+
+
+class JobsRun:
+    """Jobs for the CLI and the Space alike: each one started (saying its price and estimate), then each log
+    followed to its report, which is recorded in Trackio. `cancel` reaches every Job started so far, from whichever
+    thread calls it (Ctrl-C, the page's Stop, a closed tab)."""
+
+    def __init__(self, target: Target, hub: Hub, events: EventStream) -> None:
+        self.target, self.hub, self.events = target, hub, events
+        self.started: list[Started] = []
+
+    def launch(self, prepared: Prepared) -> Iterator[str]:
+        for item in start(prepared, self.hub):
+            if isinstance(item, hf_jobs.Submitted):
+                self.started.append(Started(prepared.spec, item))
+            else:
+                yield item
+
+    def run(self, specs: list[JobSpec], *, stopped: Callable[[], bool] = lambda: False) -> Iterator[str | BatchRow]:
+        """A batch: all checked and started first (they run at once), a failed one as its row; then every log."""
+        for spec in specs:
+            if stopped():
+                break
+            try:
+                yield from self.launch(prepare(spec, self.target, self.hub))
+            except QuantizerError as exc:
+                yield f"✗ {spec.source}: {exc}"
+                yield BatchRow(source=spec.source, error=str(exc))
+        yield from self.follow_all(tag=len(specs) > 1)
+
+    def follow_all(self, *, tag: bool) -> Iterator[str | BatchRow]:
+        """Each started Job's log lines (tagged with its source in a batch), then its row once it has ended."""
+        for run in list(self.started):
+            report = None
+            for item in hf_jobs.log_lines(self.hub, run.job):
+                if isinstance(item, Report):
+                    report = item
+                else:
+                    yield f"[{run.spec.source}] {item}" if tag else item
+            try:
+                report = outcome_report(hf_jobs.ended(self.hub, run.job, report))
+            except QuantizerError as exc:
+                yield f"✗ {run.spec.source}: {exc}"
+                yield BatchRow(source=run.spec.source, error=str(exc), job_url=run.job.url)
+                continue
+            recorded(report, run.spec, self.events, user=self.target.namespace)
+            yield BatchRow(source=run.spec.source, report=report, job_url=run.job.url)
+
+    def cancel(self) -> None:
+        for run in list(self.started):
+            with contextlib.suppress(QuantizerError):  # one that has ended already cannot be cancelled
+                hf_jobs.cancel(self.hub, run.job)
+
+
+def print_until_done(jobs: JobsRun, items: Iterator[str | BatchRow], events: EventStream) -> list[BatchRow]:
+    """The CLI's side of a `JobsRun`: lines to stderr as they come, the rows kept; Ctrl-C cancels every Job."""
+    rows = []
     try:
-        outcome = hf_jobs.follow(hub, job, say)
+        for item in items:
+            if isinstance(item, BatchRow):
+                rows.append(item)
+            else:
+                print(events.scrub(item), file=sys.stderr, flush=True)
     except KeyboardInterrupt:
-        say(f"cancelling the Job {job.url}")
-        hf_jobs.cancel(hub, job)
-        info = hf_jobs.wait_until_ended(hub, job)
-        say(f"the Job ended {str(info.status.stage).lower()}")
+        for run in jobs.started:
+            print(f"cancelling the Job {run.job.url}", file=sys.stderr, flush=True)
+        jobs.cancel()
+        for run in jobs.started:
+            stage = hf_jobs.wait_until_ended(jobs.hub, run.job).status.stage
+            print(f"the Job ended {str(stage).lower()}", file=sys.stderr, flush=True)
         raise
-    return outcome_report(outcome)
+    return rows
+
+
+def run_on_jobs(spec: JobSpec, options: JobsOptions, events: EventStream) -> Report:
+    """One job on Jobs, from the CLI. What stops it from starting raises, as a local job's preflight does."""
+    hf_jobs.job_argv(spec)  # refuses what a Job cannot do, before anything is looked up
+    hub = Hub(spec.token, events)
+    target = resolve(options, hub)
+    prepared = prepare(spec, target, hub)
+    jobs = JobsRun(target, hub, events)
+    (row,) = print_until_done(jobs, itertools.chain(jobs.launch(prepared), jobs.follow_all(tag=False)), events)
+    if row.report is None:
+        raise QuantizerError(row.error or "the Job ended without a report")
+    return row.report

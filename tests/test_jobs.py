@@ -88,9 +88,9 @@ def test_logs_arrive_while_the_job_runs(hub, sources):
     events = EventStream()
     spec = JobSpec(source=sources["jobs-tiny"], target="alice/jobs-live", token=ALICE, track=False)
     hub_client = Hub(ALICE, events)
-    job = on_jobs.start(
-        on_jobs.prepare(spec, on_jobs.JobsOptions(flavor="cpu-basic", image=IMAGE), hub_client), hub_client, print
-    )
+    target = on_jobs.resolve(on_jobs.JobsOptions(flavor="cpu-basic", image=IMAGE), hub_client)
+    *said, job = on_jobs.start(on_jobs.prepare(spec, target, hub_client), hub_client)
+    assert said[0].startswith("on Hugging Face Jobs: cpu-basic") and said[1].startswith("started the Job")
     api = HfApi(token=ALICE)
     stage_at = {}  # the Job's stage when a line arrived
     for line in api.fetch_job_logs(job_id=job.job_id, namespace="alice", follow=True):

@@ -8,9 +8,8 @@ comes back into the page, the visitor's history and Trackio, as a local job's do
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import gradio as gr
 
@@ -60,8 +59,8 @@ def estimate(values: FormValues, oauth_token: gr.OAuthToken | None = None) -> st
         return f"❌ {SIGN_IN}"
     try:
         hub = Hub(secret, EventStream())
-        options = on_jobs.JobsOptions(flavor=values.on_jobs)
-        estimates = [on_jobs.prepare(spec, options, hub).estimate for spec in batch_specs(values, secret)]
+        target = on_jobs.resolve(on_jobs.JobsOptions(flavor=values.on_jobs), hub)
+        estimates = [on_jobs.prepare(spec, target, hub).estimate for spec in batch_specs(values, secret)]
     except QuantizerError as exc:
         return f"❌ {exc}"
     total = sum(e.usd for e in estimates)
@@ -71,12 +70,6 @@ def estimate(values: FormValues, oauth_token: gr.OAuthToken | None = None) -> st
 
 def sources(values: FormValues) -> list[str]:
     return [values.source, *(item.source for item in batch.parse_lines(values.more_sources or "", "-"))]
-
-
-@dataclass(frozen=True)
-class Started:
-    spec: JobSpec
-    job: hf_jobs.Submitted
 
 
 def run_on_jobs(values: FormValues, oauth_token: gr.OAuthToken | None, request: gr.Request | None, view) -> Iterator:
@@ -90,62 +83,31 @@ def run_on_jobs(values: FormValues, oauth_token: gr.OAuthToken | None, request: 
     hub = Hub(secret, events)
     try:
         specs = batch_specs(values, secret)
-        visitor = hub.whoami().name
+        target = on_jobs.resolve(on_jobs.JobsOptions(flavor=values.on_jobs), hub)  # the visitor's own account
     except QuantizerError as exc:
         yield view(f"❌ {exc}")
         return
-    ticket = REGISTRY.admit(visitor, request.session_hash if request else None)
+    ticket = REGISTRY.admit(target.namespace, request.session_hash if request else None)
     if ticket is None:
         yield view("❌ you already have a job running and one waiting: wait for them, or press Stop.")
         return
-    options = on_jobs.JobsOptions(flavor=values.on_jobs)
-    started: list[Started] = []
+    jobs = on_jobs.JobsRun(target, hub, events)
+    ticket.on_stop(lambda _reason: jobs.cancel())
     rows: list[batch.BatchRow] = []
-    ticket.on_stop(lambda _reason: cancel_all(hub, started))
     finished = False
     try:
-        for spec in specs:
-            if ticket.stopped:
-                break
-            try:
-                started.append(Started(spec, on_jobs.start(on_jobs.prepare(spec, options, hub), hub, view.add)))
-            except QuantizerError as exc:
-                view.add(f"✗ {spec.source}: {exc}")
-                rows.append(batch.BatchRow(source=spec.source, error=str(exc)))
-            yield view("⏳ starting on Hugging Face Jobs…")
-        for run in started:
-            row = yield from follow_one(run, hub, view, events, visitor, tag=len(specs) > 1)
-            rows.append(row)
+        for item in jobs.run(specs, stopped=lambda: ticket.stopped):
+            if isinstance(item, batch.BatchRow):
+                rows.append(item)
+                continue
+            view.add(item)
+            yield view("⏳ running on Hugging Face Jobs…")  # a line a stage or a note: each shows at once
         finished = True
     finally:
         if not finished:  # the page went away mid-way: its Jobs go too
-            cancel_all(hub, started)
+            jobs.cancel()
         REGISTRY.done(ticket)
     yield final_view(rows, view, ticket.reason)
-
-
-def follow_one(run: Started, hub: Hub, view, events: EventStream, visitor: str, *, tag: bool):
-    """Stream one Job's log into the page; its row once it has ended (its report recorded in Trackio)."""
-    report = None
-    for item in hf_jobs.log_lines(hub, run.job):
-        if isinstance(item, Report):
-            report = item
-            continue
-        view.add(f"[{run.spec.source}] {item}" if tag else item)
-        yield view("⏳ running on Hugging Face Jobs…")  # a line a stage or a note: each shows at once
-    try:
-        report = on_jobs.outcome_report(hf_jobs.ended(hub, run.job, report))
-    except QuantizerError as exc:
-        view.add(f"✗ {run.spec.source}: {exc}")
-        return batch.BatchRow(source=run.spec.source, error=str(exc), job_url=run.job.url)
-    on_jobs.recorded(report, run.spec, events, user=visitor)
-    return batch.BatchRow(source=run.spec.source, report=report, job_url=run.job.url)
-
-
-def cancel_all(hub: Hub, started: list[Started]) -> None:
-    for run in list(started):
-        with contextlib.suppress(QuantizerError):  # one that has ended already cannot be cancelled
-            hf_jobs.cancel(hub, run.job)
 
 
 def final_view(rows: list[batch.BatchRow], view, stopped: str) -> tuple:
