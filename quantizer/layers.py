@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass
 
 import torch
+from torchao.core.config import AOBaseConfig
+from torchao.quantization import quantize_
 from torchao.utils import TorchAOBaseTensor
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
@@ -158,3 +160,12 @@ def count_linear_layers(model: torch.nn.Module) -> LayerCount:
                 skipped.append(name)
     experts = sum(isinstance(p, TorchAOBaseTensor) for p in expert_weights(model).values())
     return LayerCount(quantized=quantized + experts, skipped=tuple(skipped), share=measured_share(model))
+
+
+def quantize_weight(weight: torch.Tensor, config: AOBaseConfig) -> torch.Tensor:
+    """The same quantize_ call transformers makes while loading, on a throwaway Linear that owns nothing else."""
+    with torch.device("meta"):
+        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+    quantize_(linear, config)
+    return linear.weight.data if isinstance(linear.weight, torch.nn.Parameter) else linear.weight

@@ -26,14 +26,13 @@ from pathlib import Path
 import torch
 from torchao.core.config import AOBaseConfig
 from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-from torchao.quantization import quantize_
 from transformers import TorchAoConfig
 
 from .compute import compute_dtype, for_compute
 from .events import EventStream
 from .experts import ExpertMerger, covering, model_names, planned_expert_weights, quantize_expert, write_forward
 from .int4.packed import cpu_runnable
-from .layers import LayerCount, planned_linear_layers, planned_skipped_linears
+from .layers import LayerCount, planned_linear_layers, planned_skipped_linears, quantize_weight
 from .safetensors_io import ShardReader, ShardWriter
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -60,15 +59,6 @@ class ShardPlan:
         if len(shards) != 1:
             raise ValueError(f"expected one safetensors file or an index, found {shards}")
         return cls(shards, {})
-
-
-def quantize_weight(weight: torch.Tensor, config: AOBaseConfig) -> torch.Tensor:
-    """The same quantize_ call transformers makes while loading, on a throwaway Linear that owns nothing else."""
-    with torch.device("meta"):
-        linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
-    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
-    quantize_(linear, config)
-    return linear.weight.data if isinstance(linear.weight, torch.nn.Parameter) else linear.weight
 
 
 def reserve_for(shard_tensors: int, n_tensors: int, n_quantized: int) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -102,6 +103,61 @@ def inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     raise ValueError("GPTQ: the layer's Hessian is not positive definite even with heavy damping")
 
 
+@dataclass(kw_only=True)
+class CalibratedLayer:
+    """One decoder layer during a calibration pass: its named Linears, the modules its forward runs (upcast copies
+    where the job computes in float32), and the Hessian of each set of Linears that read the same input."""
+
+    index: int
+    linears: dict[str, torch.nn.Linear]  # the model's own modules, in the source's dtype
+    running: dict[str, torch.nn.Linear]  # what the forward runs: `linears`, or their upcast copies
+    groups: list[tuple[list[str], torch.Tensor]]
+    changed: bool = False  # a weight was replaced: the layer's outputs are computed again
+
+    def set_weight(self, name: str, weight: torch.Tensor) -> None:
+        """Replace a Linear's weight in the model and in the running copy, so later layers see it."""
+        self.changed = True
+        self.linears[name].weight.data = weight.to(self.linears[name].weight.dtype)
+        self.running[name].weight.data = self.linears[name].weight.data.to(self.running[name].weight.dtype)
+
+
+@torch.no_grad()
+def calibrated_layers(model, names: list[str], calibration: torch.Tensor, batch: int = 8) -> Iterator[CalibratedLayer]:
+    """Run the calibration tokens through the decoder one layer at a time, giving each layer with the Hessians of
+    its named Linears' inputs. Weights the caller changes (`set_weight`) before asking for the next layer are what
+    that layer's outputs, and so the next layer's inputs, are computed with."""
+    path, layers = decoder_layers(model)
+    compute = compute_dtype(model.dtype, model.device.type)
+    hidden, layer_kwargs = capture_layer_inputs(model, calibration, batch)
+    hidden, layer_kwargs = cast_floats(hidden, compute), cast_floats(layer_kwargs, compute)
+    modules = dict(model.named_modules())
+    seen: set[str] = set()
+    for index, layer in enumerate(layers):
+        prefix = f"{path}.{index}."
+        linears = {n: modules[n] for n in names if n.startswith(prefix)}
+        runner = layer if compute == model.dtype else copy.deepcopy(layer).to(compute)  # upcast one layer at a time
+        running = {n: runner.get_submodule(n.removeprefix(prefix)) for n in linears}
+        hessians = SharedHessians()
+        handles = [m.register_forward_hook(hessians.hook(n)) for n, m in running.items()]
+        outputs = []
+        for chunk in hidden:
+            hessians.next_chunk()
+            outputs.append(first(runner(chunk, **layer_kwargs[chunk.shape[0]])))
+        for handle in handles:
+            handle.remove()
+        calibrated = CalibratedLayer(index=index, linears=linears, running=running, groups=hessians.groups())
+        yield calibrated
+        seen.update(linears)
+        # the next layer calibrates on what this layer, as the caller left it, outputs
+        if calibrated.changed and index + 1 < len(layers):
+            outputs = [first(runner(chunk, **layer_kwargs[chunk.shape[0]])) for chunk in hidden]
+        hidden = outputs
+        del runner, running
+    missing = set(names) - seen
+    if missing:
+        raise RuntimeError(f"found no decoder layer for {sorted(missing)[:3]}")
+
+
 @torch.no_grad()
 def gptq_model(
     model,
@@ -120,40 +176,16 @@ def gptq_model(
     (q/k/v, gate/up) share one Hessian and are quantized as one stacked weight: GPTQ treats rows
     independently, so this gives their values with a third of the work.
     """
-    path, layers = decoder_layers(model)
-    compute = compute_dtype(model.dtype, model.device.type)
-    hidden, layer_kwargs = capture_layer_inputs(model, calibration, batch)
-    hidden, layer_kwargs = cast_floats(hidden, compute), cast_floats(layer_kwargs, compute)
-    modules = dict(model.named_modules())
     result: dict[str, GroupQuant] = {}
-    wanted = set(names)
-    for index, layer in enumerate(layers):
-        prefix = f"{path}.{index}."
-        linears = {n: modules[n] for n in names if n.startswith(prefix)}
-        runner = layer if compute == model.dtype else copy.deepcopy(layer).to(compute)  # upcast one layer at a time
-        running = {n: runner.get_submodule(n.removeprefix(prefix)) for n in linears}
-        hessians = SharedHessians()
-        handles = [m.register_forward_hook(hessians.hook(n)) for n, m in running.items()]
-        for chunk in hidden:
-            hessians.next_chunk()
-            runner(chunk, **layer_kwargs[chunk.shape[0]])
-        for handle in handles:
-            handle.remove()
-        for group, hessian in hessians.groups():
-            weights = [linears[n].weight.data for n in group]  # the stored weights, in the source's dtype
+    total = len(decoder_layers(model)[1])
+    for layer in calibrated_layers(model, names, calibration, batch):
+        for group, hessian in layer.groups:
+            weights = [layer.linears[n].weight.data for n in group]  # the stored weights, in the source's dtype
             stacked = quantize_gptq(torch.cat(weights), hessian, group_size, act_order=act_order, clip=clip)
             for name, quant in zip(group, split_rows(stacked, [w.shape[0] for w in weights]), strict=True):
                 result[name] = quant
-                dequantized = quant.dequantize(group_size)
-                linears[name].weight.data = dequantized.to(linears[name].weight.dtype)
-                running[name].weight.data = linears[name].weight.data.to(compute)
-        if index + 1 < len(layers):  # the next layer calibrates on what this quantized layer outputs
-            hidden = [first(runner(chunk, **layer_kwargs[chunk.shape[0]])) for chunk in hidden]
-        del runner, running
-        progress(index + 1, len(layers))
-    missing = wanted - set(result)
-    if missing:
-        raise RuntimeError(f"GPTQ found no decoder layer for {sorted(missing)[:3]}")
+                layer.set_weight(name, quant.dequantize(group_size))
+        progress(layer.index + 1, total)
     return result
 
 
