@@ -37,13 +37,22 @@ PACKED_METHODS = ("asym", "hqq", "gptq")
 TARGET_PCT = 10  # the perplexity cost the default should stay within on held-out text
 
 
-def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_type: str, args) -> dict:
-    """One job: the method's row (perplexity on the held-out text, time, bytes), and the source's figures."""
+def measure(
+    source: Path,
+    out: Path,
+    texts: dict[str, Path],
+    method: str | None,
+    quant_type: str,
+    args,
+    mixed: float | None = None,
+) -> dict:
+    """One job: the method's row (perplexity on the held-out text, time, bytes), and the source's figures; `mixed`
+    is a mixed-precision budget (`--int4-mixed`)."""
     started = time.perf_counter()
     report = run(
         JobSpec(
             source=str(source),
-            target=f"offgrid-{method}-{quant_type}",
+            target=f"offgrid-{method}-{quant_type}-{mixed or 'uniform'}",
             quant_types=[quant_type],
             group_size=args.group_size,
             save_only=True,
@@ -52,6 +61,7 @@ def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_
             eval_text=str(texts["eval"]),
             calibration_text=str(texts["calibration"]),
             int4_method=method,
+            int4_mixed=mixed,
             track=False,
         )
     )
@@ -67,6 +77,7 @@ def measure(source: Path, out: Path, texts: dict[str, Path], method: str, quant_
         "seconds": round(time.perf_counter() - started, 1),
         "quantize_seconds": result.seconds.get("quantize"),
         "bytes": result.output_bytes,
+        "mixed": {k: v for k, v in result.mixed.items() if k != "sensitivity"} if result.mixed else None,
         "source": {"ppl": v.ppl_source, "bytes": result.source_bytes},
     }
 

@@ -84,6 +84,8 @@ def reproduce_command(info: SourceInfo, plan: TypePlan, device: str) -> str:
         parts += ["--group-size", str(plan.group_size)]
     if plan.int4:
         parts += ["--int4-method", plan.int4.method.name]
+        if plan.int4.mixed_bits is not None:
+            parts += ["--int4-mixed", f"{plan.int4.mixed_bits:g}"]
     parts += ["--device", device]
     return shlex.join(parts)
 
@@ -134,9 +136,27 @@ def render(
         sample_prompt=SAMPLE_PROMPT,
         command=result.command,
         vllm=result.vllm,
+        mixed=mixed_fields(result.mixed),
         **verification_fields(v),
         **timing_fields(info, recipe.name, v, made_on_hardware.device),
     )
+
+
+def mixed_fields(mixed: dict | None) -> dict | None:
+    """The kept layers of a mixed-precision output, most sensitive first, with their measured error and rank."""
+    if not mixed:
+        return None
+    sensitivity = mixed["sensitivity"]
+    ranked = sorted(sensitivity, key=sensitivity.get, reverse=True)
+    rows = [
+        {"name": name, "error": f"{sensitivity[name]:.2%}", "rank": ranked.index(name) + 1} for name in mixed["kept"]
+    ]
+    return {
+        "rows": rows,
+        "total": len(sensitivity),
+        "bits": f"{mixed['bits']:.2f}",
+        "budget": f"{mixed['budget_bits']:g}",
+    }
 
 
 def verification_fields(v: VerifyResult) -> dict:

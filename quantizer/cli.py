@@ -101,6 +101,15 @@ def add_int4_arguments(p: argparse.ArgumentParser) -> None:
         + f"; default: {int4.auto_description()}. Also GPTQ's ablations, for comparison: {', '.join(int4.ABLATIONS)}",
     )
     p.add_argument(
+        "--int4-mixed",
+        type=float,
+        default=None,
+        metavar="BITS",
+        help="mixed precision for int4_weight_only: keep the Linear layers most sensitive to int4 (measured on the "
+        "calibration text) in int8, within this average of bits per weight (int4 at group size 32 is 5.0, int8 8; "
+        "for example 5.5)",
+    )
+    p.add_argument(
         "--calibration-text",
         type=Path,
         default=None,
@@ -247,6 +256,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         eval_tokens=args.eval_tokens,
         debug=args.debug,
         int4_method=args.int4_method,
+        int4_mixed=args.int4_mixed,
         calibration_text=args.calibration_text,
         calibration_tokens=args.calibration_tokens,
         streaming=args.streaming,

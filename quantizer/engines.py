@@ -19,6 +19,7 @@ from .experts import covering
 from .hardware import available_memory_bytes, folder_bytes
 from .hub import Upload
 from .int4 import Int4Choice
+from .int4.mixed import MixedPlan
 from .layers import LayerCount
 from .layerwise import LayerwiseEvaluator, LayerwiseFigures
 from .measurements import Measurements
@@ -42,6 +43,7 @@ class Quantized:
     layer_errors: dict[str, float] = field(default_factory=dict)  # streamed: sampled layers' output error
     layerwise: LayerwiseFigures | None = None  # streamed: both models run one decoder layer at a time
     layerwise_missing: str | None = None  # why the layer-by-layer evaluator stopped, if it did
+    mixed: MixedPlan | None = None  # mixed precision: which layers stayed int8, and every layer's sensitivity
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,7 +62,7 @@ class TypeJob:
     def int4_choice(self) -> Int4Choice | None:
         """The planned int4 choice with the calibration tokens, once they are measured."""
         choice = self.type.int4
-        if choice is None or not choice.method.calibrated:
+        if choice is None or not choice.calibrated:
             return choice
         return replace(choice, calibration=self.measurements.calibration)
 
@@ -81,7 +83,7 @@ class WholeModelEngine:
     def quantize(self, job: TypeJob) -> Quantized:
         plan, tp = job.plan, job.type
         choice = job.int4_choice()
-        counts = quantize_and_save(
+        saved = quantize_and_save(
             job.fetched.folder,
             job.staging,
             covering(tp.config, plan.info.config) if tp.quantizes_experts else tp.config,
@@ -91,7 +93,12 @@ class WholeModelEngine:
             choice,
             experts_forward=tp.recipe.experts_forward if tp.quantizes_experts else None,
         )
-        return Quantized(counts=counts, notes=planned_notes(counts, choice), output_bytes=weights_bytes(job.staging))
+        return Quantized(
+            counts=saved.counts,
+            notes=planned_notes(saved.counts, choice),
+            output_bytes=weights_bytes(job.staging),
+            mixed=saved.mixed,
+        )
 
 
 @dataclass

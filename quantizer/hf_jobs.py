@@ -154,6 +154,7 @@ def job_argv(spec: JobSpec) -> list[str]:
     options = {
         "--group-size": spec.group_size,
         "--int4-method": spec.int4_method,
+        "--int4-mixed": spec.int4_mixed,
         "--trackio-project": spec.trackio_project,
     }
     argv += [item for flag, value in options.items() if value is not None for item in (flag, str(value))]

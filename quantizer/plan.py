@@ -107,6 +107,13 @@ class Int4Plan:
     group_size: int
     group_note: str | None = None
     calibration_name: str | None = None
+    mixed_bits: float | None = None  # mixed precision's budget (`int4.mixed`), bits per Linear weight
+
+    @property
+    def calibrated(self) -> bool:
+        """The job needs calibration tokens: a calibrated method, or mixed precision's sensitivity pass."""
+        method = self.choice.method
+        return bool(method and method.calibrated) or self.mixed_bits is not None
 
 
 def plan_type(
@@ -135,6 +142,7 @@ def plan_type(
             group_size=int4_plan.group_size,
             dynamic_activations=recipe.dynamic_activations,
             calibration_name=int4_plan.calibration_name,
+            mixed_bits=int4_plan.mixed_bits if method is planned else None,
         )
         config = choice.config(config)
         notes += [int4_plan.group_note] if int4_plan.group_note else []

@@ -14,6 +14,7 @@ from .events import EventStream
 from .hardware import Hardware, available_memory_bytes, detect
 from .hub import Hub, Identity
 from .hub_texts import job_texts
+from .int4 import mixed
 from .layers import planned_linear_layers
 from .naming import split_repo_id, target_for
 from .plan import (
@@ -56,7 +57,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
         check_streaming(info, recipes, hardware, covered.has_experts, source_fits, events)
     int4_plan = plan_int4(spec, recipes, hardware, info, streaming, events)
     check_targets_free(spec, hub, targets)
-    texts = job_texts(spec, workdir, calibrated=bool(int4_plan.choice.method and int4_plan.choice.method.calibrated))
+    texts = job_texts(spec, workdir, calibrated=int4_plan.calibrated)
     int4_plan = replace(int4_plan, calibration_name=texts.calibration_name)
     upload_as_it_goes = streaming and spec.push and spec.local_dir is None
     measures_source = source_fits and (not streaming or info.repo_id is None)  # a local source's weights are here
@@ -216,10 +217,22 @@ def plan_int4(
     )
     if choice.reason:
         events.log(choice.reason)
+    if spec.int4_mixed is not None:
+        dynamic = [r.name for r in recipes if r.name in formats and r.dynamic_activations]
+        mixed.check_job(
+            spec.int4_mixed,
+            group_size=group_size,
+            formats=formats,
+            dynamic_types=dynamic,
+            method=choice.method,
+            streaming=streaming,
+            device=hardware.device,
+        )
     return Int4Plan(
         choice=choice,
         group_size=group_size,
         group_note=group_note,
+        mixed_bits=spec.int4_mixed,
     )
 
 

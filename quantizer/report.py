@@ -51,6 +51,9 @@ class RecipeResult:
     group_size: int | None = None
     int4_method: str | None = None  # how the int4 values were chosen (Int4Choice.label), for the int4 types
     int4_estimated_seconds: float | None = None  # a calibrated method's time as estimated at preflight (int4.cost)
+    mixed: dict | None = (
+        None  # mixed precision (`int4.mixed.MixedPlan.to_dict`): budget, bits, kept layers, sensitivity
+    )
     target_repo: str | None = None
     output_dir: str | None = None
     url: str | None = None

@@ -62,6 +62,12 @@ def check_vllm(config: dict, headers: list[dict[str, str]], *, experts_quantized
         rebuilt = config_from_dict(quant_type["default"])
     except Exception as exc:  # whatever torchao refuses, vLLM refuses the same way
         return VllmCheck(loads=False, reason=f"torchao's config_from_dict cannot rebuild its config ({exc})")
+    if type(rebuilt).__name__ == "FqnToConfig":
+        return VllmCheck(
+            loads=False,
+            reason="its layers have different torchao configs (mixed precision), and vLLM fuses q/k/v and gate/up "
+            "into single layers that one per-layer choice can split; vLLM serving is not claimed for it",
+        )
     if experts_quantized:
         return VllmCheck(
             loads=False,

@@ -63,6 +63,7 @@ class JobSpec:
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     debug: bool = False  # re-raise unexpected errors instead of recording them
     int4_method: str | None = None  # a name from int4.METHODS or int4.ABLATIONS; None: the best that fits the budget
+    int4_mixed: float | None = None  # mixed precision: average bits per Linear weight (int4.mixed); None: all int4
     calibration_text: Path | None = None  # for calibrated methods; default: texts.default_calibration_text()
     calibration_dataset: DatasetRef | None = None  # instead of calibration_text
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS

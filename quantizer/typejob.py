@@ -70,6 +70,7 @@ def measured_result(
         peak_gpu_bytes=peaks[1],
         peak_disk_bytes=q.peak_disk_bytes if q else None,
         quantized_share=q.counts.share.fraction if q and q.counts.share is not None else planned.quantized_share,
+        mixed=q.mixed.to_dict() if q and q.mixed else None,
         verify=stages.verified,
         vllm=stages.vllm,
         notes=(*planned.notes, *(q.notes if q else ())),

@@ -9,7 +9,7 @@ loaded in its dtype and its Linear weights replaced by an `Int4Choice`. Either w
 from __future__ import annotations
 
 import gc
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,6 +22,8 @@ from .errors import QuantizationError
 from .events import EventStream
 from .hardware import Hardware
 from .int4 import Int4Choice, made_here
+from .int4.apply import Installed
+from .int4.mixed import MixedPlan
 from .layers import LayerCount, count_linear_layers
 from .source import copy_side_files
 
@@ -33,19 +35,19 @@ def load_with_int4(
     hardware: Hardware,
     events: EventStream,
     quant_type: str,
-) -> tuple[torch.nn.Module, tuple[str, ...]]:
-    """Load the source in its dtype and install the int4 weights `int4` makes, declared by `torchao_config`;
-    also returns what was checked on the way."""
+) -> tuple[torch.nn.Module, Installed]:
+    """Load the source in its dtype and install the int4 weights `int4` makes, declared by `torchao_config` (or,
+    for mixed precision, the per-layer config it makes); also returns what was done and checked on the way."""
     model = AutoModelForCausalLM.from_pretrained(source_dir, dtype="auto", device_map=hardware.device).eval()
 
     def progress(done: int, total: int) -> None:
         events.progress(int4.method.name, done, total, quant_type=quant_type)
 
-    notes = int4.quantize_model(model, progress)
-    quantization_config = TorchAoConfig(quant_type=torchao_config)
+    installed = int4.quantize_model(model, progress, torchao_config)
+    quantization_config = TorchAoConfig(quant_type=installed.config)
     model.config.quantization_config = quantization_config
     model.hf_quantizer = AutoHfQuantizer.from_config(quantization_config)
-    return model, notes
+    return model, installed
 
 
 def quantize_and_save(
@@ -57,16 +59,16 @@ def quantize_and_save(
     quant_type: str,
     int4: Int4Choice | None = None,
     experts_forward: str | None = None,
-) -> LayerCount:
+) -> Saved:
     """Quantize the source and save safetensors with save_pretrained; `experts_forward` is the experts forward
     stock transformers must use to run quantized expert weights (written to config.json)."""
     custom = made_here(int4, hardware.device)
     how = f"{custom.label} int4" if custom else experts.config_name(torchao_config)
     with events.stage("quantize", f"quantizing with {how}", quant_type=quant_type):
         try:
-            notes: tuple[str, ...] = ()
+            installed = None
             if custom:
-                model, notes = load_with_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
+                model, installed = load_with_int4(source_dir, torchao_config, custom, hardware, events, quant_type)
             else:
                 model = AutoModelForCausalLM.from_pretrained(
                     source_dir,
@@ -87,4 +89,13 @@ def quantize_and_save(
             gc.collect()
         experts.write_forward(output_dir, experts_forward)
         copy_side_files(source_dir, output_dir)
-    return replace(counts, notes=notes)
+    notes = installed.notes if installed else ()
+    return Saved(counts=replace(counts, notes=notes), mixed=installed.mixed if installed else None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Saved:
+    """What the whole-model engine wrote: layer counts (with what was checked), and a mixed-precision plan."""
+
+    counts: LayerCount
+    mixed: MixedPlan | None = None

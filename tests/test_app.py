@@ -139,6 +139,25 @@ def test_api_save_on_the_space_only(app, ui_source, hub):
     assert set(hub.state.repos) == repos_before
 
 
+def test_api_makes_a_mixed_precision_int4(app, ui_source):
+    """The form's mixed-precision budget reaches the job: the report and the kept copy's card list the int8 layers."""
+    client = Client(app.url, verbose=False)
+    status, _log, _results, _chart, _samples, report, _download = client.predict(
+        source=ui_source,
+        quant_types=["int4_weight_only"],
+        int4_method="asym",
+        int4_mixed=5.5,
+        target_name="mixed-here",
+        save_only=True,
+        api_name="/quantize",
+    )
+    assert status.startswith("✅ done"), status
+    kept = report["results"][0]["mixed"]["kept"]
+    assert kept and report["results"][0]["mixed"]["bits"] <= 5.5
+    card = (Path(report["results"][0]["output_dir"]) / "README.md").read_text()
+    assert all(f"| `{name}` |" in card for name in kept)
+
+
 def test_page_runs_a_job_end_to_end_in_chromium(app, ui_source, hub):
     from playwright.sync_api import expect, sync_playwright
 
@@ -249,6 +268,9 @@ def test_the_form_is_defined_once_and_the_api_needs_only_the_source():
     )
     with pytest.raises(InputError, match="group size 'big' is not a number"):
         FormValues(source="alice/m", group_size="big").to_spec(None)
+    assert FormValues(source="alice/m", int4_mixed=0).to_spec(None).int4_mixed is None  # the form's "off"
+    with pytest.raises(InputError, match="int4 mixed precision 'lots' is not a number"):
+        FormValues(source="alice/m", int4_mixed="lots").to_spec(None)
 
 
 def test_a_job_has_a_deadline_and_a_largest_source_on_a_shared_deployment_and_asks_a_slot_zerogpu_grants(

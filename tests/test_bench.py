@@ -105,3 +105,25 @@ def test_the_int4_methods_benchmark_runs_end_to_end(tiny_model, tmp_path):
     plain = [r["ppl_delta_pct"] for run in runs for r in run["rows"] if r["method"] == "gptq-plain"]
     assert f"| gptq-plain | int4_weight_only | {sum(plain) / 2:+.2f}% | {max(plain):+.2f}% |" in summary
     assert "| asym | int4_tile_packed |" not in summary  # measured on one domain only
+
+
+def test_the_int4_mixed_benchmark_runs_end_to_end(tiny_model, tmp_path):
+    """The benchmark behind the guide's mixed-precision table, on a tiny model and one held-out domain."""
+    from benchmarks import int4_mixed
+
+    argv = ["--source", str(tiny_model()), "--eval-tokens", "512", "--budgets", "5.5", "6.5"]
+    assert int4_mixed.main([*argv, "--held-out", "pydoc", "--results", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "int4_mixed.json").read_text())["runs"][0]["rows"]
+    assert [(r["method"], r["quant_type"], r["mixed"] and r["mixed"]["budget_bits"]) for r in rows] == [
+        (None, "int8_weight_only", None),
+        ("rtn", "int4_tile_packed", None),
+        ("asym", "int4_tile_packed", None),
+        ("gptq", "int4_tile_packed", None),
+        ("gptq", "int4_tile_packed", 5.5),
+        ("gptq", "int4_tile_packed", 6.5),
+        ("gptq", "int4_weight_only", 6.5),  # the Intx output too, on the first domain
+    ]
+    kept = [len(r["mixed"]["kept"]) for r in rows if r["mixed"]]
+    assert 0 < kept[0] < kept[1] and all(r["mixed"]["bits"] <= r["mixed"]["budget_bits"] for r in rows if r["mixed"])
+    text = (tmp_path / "int4_mixed.md").read_text()
+    assert "| gptq + mixed 6.5 | int4_tile_packed |" in text and "Across the held-out domains:" in text

@@ -223,6 +223,7 @@ def test_the_job_runs_the_same_job_as_the_spec(sources):
             calibration_dataset=DatasetRef(repo_id="alice/calib", split="train", column="body"),
             eval_tokens=1024,
             int4_method="gptq",
+            int4_mixed=5.5,
             calibration_tokens=4096,
             streaming=False,
             allow_partial=True,

@@ -277,6 +277,7 @@ def quantize_tab(hardware, build: dict, form: dict[str, gr.components.Component]
                 gr.Markdown("Not available on this hardware:\n" + "\n".join(refused))
             form["group_size"] = build["group_size"]()
             form["int4_method"] = build["int4_method"]()
+            form["int4_mixed"] = build["int4_mixed"]()
         with gr.Column(scale=2):
             for name in ("namespace", "target_name", "private", "overwrite", "save_only", "on_jobs"):
                 form[name] = build[name]()

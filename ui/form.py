@@ -52,6 +52,7 @@ class FormValues:
     token: str | None = None  # None or empty: the sign-in (on a Space) or HF_TOKEN (elsewhere)
     on_jobs: str = ""  # a Hugging Face Jobs flavor to run on, in the visitor's account; empty: this Space
     more_sources: str = ""  # with on_jobs: more sources, one a line (SOURCE [TARGET]), a Job each
+    int4_mixed: float | None = None  # mixed precision's budget in bits per Linear weight; None or 0: all int4
 
     def to_spec(self, token: str | None) -> JobSpec:
         """The job these values ask for; values the form would never send are refused with a sentence. On a
@@ -68,6 +69,7 @@ class FormValues:
             quant_types=types,
             group_size=parse_group_size(self.group_size),
             int4_method=None if self.int4_method in (None, "", AUTO) else self.int4_method,
+            int4_mixed=parse_mixed_bits(self.int4_mixed),
             save_only=bool(self.save_only),
             output_dir=output_root() / uuid.uuid4().hex[:12] if self.save_only else None,
             overwrite=bool(self.overwrite),
@@ -84,6 +86,17 @@ def parse_group_size(value: str | int | None) -> int | None:
     except (TypeError, ValueError):
         sizes = ", ".join(map(str, sorted(GROUP_SIZES)))
         raise InputError(f"group size '{value}' is not a number: use '{AUTO}' or one of {sizes}.") from None
+
+
+def parse_mixed_bits(value: float | str | None) -> float | None:
+    """The form's number: empty or 0 is off (all int4); anything else must be a number (its range is the job's
+    own check, with its sentence)."""
+    if value in (None, "", 0):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"int4 mixed precision '{value}' is not a number: give bits per weight, like 5.5.") from None
 
 
 NAMES = tuple(f.name for f in fields(FormValues))
@@ -135,6 +148,16 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
             info="how the 4-bit values are chosen: gptq is calibrated on real text and closest to the "
             "source; asym is instant; rtn is torchao's plain rounding",
             elem_id="int4-method",
+        ),
+        "int4_mixed": lambda: gr.Number(
+            value=default("int4_mixed"),
+            label="int4 mixed precision: bits per weight (0: off)",
+            minimum=0,
+            maximum=8,
+            step=0.25,
+            info="int4_weight_only keeps its layers most sensitive to int4 in int8, within this average (int4 at "
+            "group size 32 is 5.0 bits, int8 8; for example 5.5); measured on calibration text",
+            elem_id="int4-mixed",
         ),
         "target_name": lambda: gr.Textbox(
             value=default("target_name"),

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import torch
 from torchao.core.config import AOBaseConfig
 
-from ..layers import quantizable_linears
+from ..layers import quantizable_linears, quantize_weight
+from . import mixed
 from .formats import Int4Format
 from .methods import Int4Method
+from .mixed import MixedPlan
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +27,12 @@ class Int4Choice:
     dynamic_activations: bool
     calibration: torch.Tensor | None = None  # token ids [rows, seq_len], for a calibrated method
     calibration_name: str | None = None  # what `calibration` was cut from
+    mixed_bits: float | None = None  # mixed precision: the budget in bits per Linear weight (`mixed`)
+
+    @property
+    def calibrated(self) -> bool:
+        """Needs calibration tokens: a calibrated method, or mixed precision's sensitivity pass."""
+        return self.method.calibrated or self.mixed_bits is not None
 
     @property
     def label(self) -> str:
@@ -42,23 +50,59 @@ class Int4Choice:
         return self.format.declared_config(self.group_size, self.dynamic_activations)
 
     def notes(self) -> list[str]:
-        if not self.method.calibrated or self.calibration is None:
+        if not self.calibrated or self.calibration is None:
             return []
-        return [
-            f"int4 qparams by {self.method.name.upper()} on {self.calibration.numel()} calibration tokens of "
-            f"{self.calibration_name}"
-        ]
+        what = " and ".join(
+            part
+            for part, used in (
+                (f"int4 qparams by {self.method.name.upper()}", self.method.calibrated),
+                ("layer sensitivities for mixed precision", self.mixed_bits is not None),
+            )
+            if used
+        )
+        return [f"{what} on {self.calibration.numel()} calibration tokens of {self.calibration_name}"]
 
-    def quantize_model(self, model: torch.nn.Module, progress: Callable[[int, int], None]) -> tuple[str, ...]:
-        """Install int4 weights in every quantizable Linear of a loaded model; returns what was checked."""
+    def quantize_model(
+        self, model: torch.nn.Module, progress: Callable[[int, int], None], declared: AOBaseConfig
+    ) -> Installed:
+        """Install int4 weights (and, for mixed precision, int8 ones in the most sensitive layers) in every
+        quantizable Linear of a loaded model; `declared` is the int4 config the plan declares."""
         linears = quantizable_linears(model)
-        quants = self.method.quantize_model(model, linears, self.group_size, self.calibration, progress)
-        return self.format.install(linears, quants, self.group_size, self.dynamic_activations)
+        if self.mixed_bits is None:
+            quants = self.method.quantize_model(model, linears, self.group_size, self.calibration, progress)
+            notes = self.format.install(linears, quants, self.group_size, self.dynamic_activations)
+            return Installed(notes=notes, config=declared)
+        if self.calibration is None:
+            raise ValueError("mixed precision needs calibration tokens")
+        sensitivity = mixed.measure(model, linears, self.group_size, self.calibration)
+        shapes = {name: tuple(module.weight.shape) for name, module in linears.items()}
+        plan = mixed.choose(sensitivity, shapes, self.mixed_bits, self.group_size)
+        kept = {name: linears[name] for name in plan.kept}
+        int8 = {name: quantize_weight(module.weight.data, mixed.KEPT_CONFIG()) for name, module in kept.items()}
+        for name, module in kept.items():  # later layers calibrate on what the kept layers will compute
+            module.weight.data = int8[name].dequantize().to(module.weight.dtype)
+        rest = {name: module for name, module in linears.items() if name not in kept}
+        quants = self.method.quantize_model(model, rest, self.group_size, self.calibration, progress)
+        notes = self.format.install(rest, quants, self.group_size, self.dynamic_activations)
+        for name, module in kept.items():
+            module.weight = torch.nn.Parameter(int8[name], requires_grad=False)
+        config = mixed.declared_config(plan, list(rest), declared)
+        return Installed(notes=(*notes, plan.summary()), config=config, mixed=plan)
 
     def quantize_tensor(self, weight: torch.Tensor):
         """One weight as its torchao tensor (the streaming engine's per-tensor path)."""
         quant = self.method.quantize_tensor(weight, self.group_size)
         return self.format.tensor(weight, quant, self.group_size, self.dynamic_activations)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Installed:
+    """What `Int4Choice.quantize_model` did: the checks on the way, the config that config.json declares, and the
+    mixed-precision plan, if any."""
+
+    notes: tuple[str, ...]
+    config: AOBaseConfig
+    mixed: MixedPlan | None = None
 
 
 def made_here(choice: Int4Choice | None, device: str) -> Int4Choice | None:
