@@ -127,13 +127,52 @@ def method_choices() -> list[tuple[str, str]]:
 def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[], gr.components.Component]]:
     """A builder per field, each starting at the field's default, so the page and the API agree on it."""
     runnable, _ = type_choices(hardware)
-    return jobs_components() | {
-        "source": lambda: gr.Textbox(
-            label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
-        ),
-        "quant_types": lambda: gr.CheckboxGroup(
-            runnable, value=default("quant_types"), label="Quantization types", elem_id="quant-types"
-        ),
+    return (
+        jobs_components()
+        | int4_components()
+        | {
+            "source": lambda: gr.Textbox(
+                label="Source model", placeholder="namespace/name or namespace/name@revision", elem_id="source"
+            ),
+            "quant_types": lambda: gr.CheckboxGroup(
+                runnable, value=default("quant_types"), label="Quantization types", elem_id="quant-types"
+            ),
+            "target_name": lambda: gr.Textbox(
+                value=default("target_name"),
+                label="Target name",
+                elem_id="target-name",
+                info="several types each add their suffix",
+            ),
+            "namespace": lambda: gr.Dropdown(
+                [],
+                value=None,
+                label="Namespace",
+                allow_custom_value=True,
+                info="sign in or give a token to choose where to push",
+            ),
+            "private": lambda: gr.Checkbox(
+                value=default("private"),
+                label="Private repo",
+                info="a private or gated source always gives a private repo, so nothing you could not share leaks",
+            ),
+            "overwrite": lambda: gr.Checkbox(value=default("overwrite"), label="Overwrite an existing repo"),
+            "save_only": lambda: gr.Checkbox(
+                value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
+            ),
+            "token": lambda: gr.Textbox(
+                label="Hugging Face token",
+                type="password",
+                placeholder="hf_…",
+                visible=show_token,
+                info="write access to the target namespace; never shown or stored",
+            ),
+        }
+    )
+
+
+def int4_components() -> dict[str, Callable[[], gr.components.Component]]:
+    """How the int4 types are made: group size, method, and mixed precision's budget."""
+    return {
         "group_size": lambda: gr.Dropdown(
             [AUTO_GROUP, *map(str, GROUP_SIZES)],
             value=default("group_size"),
@@ -158,35 +197,6 @@ def components(hardware: Hardware, *, show_token: bool) -> dict[str, Callable[[]
             info="int4_weight_only keeps its layers most sensitive to int4 in int8, within this average (int4 at "
             "group size 32 is 5.0 bits, int8 8; for example 5.5); measured on calibration text",
             elem_id="int4-mixed",
-        ),
-        "target_name": lambda: gr.Textbox(
-            value=default("target_name"),
-            label="Target name",
-            elem_id="target-name",
-            info="several types each add their suffix",
-        ),
-        "namespace": lambda: gr.Dropdown(
-            [],
-            value=None,
-            label="Namespace",
-            allow_custom_value=True,
-            info="sign in or give a token to choose where to push",
-        ),
-        "private": lambda: gr.Checkbox(
-            value=default("private"),
-            label="Private repo",
-            info="a private or gated source always gives a private repo, so nothing you could not share leaks",
-        ),
-        "overwrite": lambda: gr.Checkbox(value=default("overwrite"), label="Overwrite an existing repo"),
-        "save_only": lambda: gr.Checkbox(
-            value=default("save_only"), label="Save on the Space only (no push)", elem_id="save-only"
-        ),
-        "token": lambda: gr.Textbox(
-            label="Hugging Face token",
-            type="password",
-            placeholder="hf_…",
-            visible=show_token,
-            info="write access to the target namespace; never shown or stored",
         ),
     }
 
