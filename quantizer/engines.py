@@ -18,16 +18,17 @@ from .events import EventStream
 from .experts import covering
 from .hardware import available_memory_bytes, folder_bytes
 from .hub import Upload
-from .int4 import Int4Choice
+from .int4 import Int4Choice, mixed
 from .int4.mixed import MixedPlan
-from .layers import LayerCount
+from .layers import LayerCount, planned_linear_layers
 from .layerwise import LayerwiseEvaluator, LayerwiseFigures
 from .measurements import Measurements
 from .plan import STREAMING, WHOLE, JobPlan, TypePlan
 from .report import human_bytes
 from .safetensors_io import weights_bytes
+from .shard_sensitivity import ShardSensitivity
 from .source import Fetched, copy_side_files
-from .streaming import stream_quantize
+from .streaming import ShardPlan, stream_quantize
 from .whole_model import quantize_and_save
 
 
@@ -146,15 +147,17 @@ class StreamingEngine:
         )
         sink = ShardSink(job, evaluator)
         with events.stage("quantize", "quantizing shard by shard (streaming)", quant_type=tp.name):
+            mixed_plan = streamed_mixed_plan(job, custom) if custom and custom.mixed_bits is not None else None
+            config = mixed.declared_config(mixed_plan, plan.info.config, tp.config) if mixed_plan else tp.config
             try:
                 streamed = stream_quantize(
                     job.fetched.folder,
                     job.staging,
                     plan.info.config,
-                    tp.config,
+                    config,
                     events,
                     tp.name,
-                    quantize=custom.quantize_tensor if custom else None,
+                    quantize=custom.tensor_quantizer(mixed_plan.kept if mixed_plan else ()) if custom else None,
                     shard_path=job.fetched.shard,
                     release=job.fetched.release,
                     written=sink,
@@ -168,7 +171,8 @@ class StreamingEngine:
             copy_side_files(job.fetched.folder, job.staging)
         return Quantized(
             counts=streamed.counts,
-            notes=planned_notes(streamed.counts, choice),
+            notes=(*planned_notes(streamed.counts, choice), *([mixed_plan.summary()] if mixed_plan else [])),
+            mixed=mixed_plan,
             output_bytes=weights_bytes(job.staging) + sink.uploaded_bytes,
             peak_disk_bytes=sink.peak_disk_bytes,
             shard_headers=tuple(sink.headers),
@@ -176,6 +180,23 @@ class StreamingEngine:
             layerwise=evaluator.result() if evaluator else None,
             layerwise_missing=evaluator.stopped if evaluator else None,
         )
+
+
+def streamed_mixed_plan(job: TypeJob, choice: Int4Choice) -> MixedPlan:
+    """Mixed precision's plan for a streamed model: its calibration pass reads the source's shards once before they
+    are quantized (a Hub source's shards are downloaded for it, and again for quantizing)."""
+    info, events = job.plan.info, job.events
+    layers = planned_linear_layers(info.config)
+    measured = ShardSensitivity(info.config, [layer.name for layer in layers], choice.calibration, choice.group_size)
+    events.log("mixed precision: measuring each layer's sensitivity, shard by shard", quant_type=job.type.name)
+    shards = ShardPlan.of(job.fetched.folder).shards
+    for number, shard in enumerate(shards, 1):
+        events.checkpoint()
+        measured.feed(job.fetched.shard(shard))
+        job.fetched.release(shard)
+        events.progress("sensitivity", number, len(shards), quant_type=job.type.name)
+    shapes = {layer.name: (layer.out_features, layer.in_features) for layer in layers}
+    return mixed.choose(measured.result(), shapes, choice.mixed_bits, choice.group_size)
 
 
 ENGINES: dict[str, Engine] = {WHOLE: WholeModelEngine(), STREAMING: StreamingEngine()}

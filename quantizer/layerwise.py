@@ -137,7 +137,7 @@ class LayerwiseEvaluator:
             if tensor is None and name in self.source:
                 tensor = self.source[name]
             if tensor is not None:
-                _assign(model, name, for_compute(cpu_runnable(tensor), self.compute))
+                assign_parameter(model, name, for_compute(cpu_runnable(tensor), self.compute))
         if self.config.tie_word_embeddings:
             model.tie_weights()
         rotary = getattr(model.model, "rotary_emb", None)
@@ -192,7 +192,7 @@ class LayerwiseEvaluator:
         layer = copy.deepcopy(self.decoder[index])
         prefix = f"{self.layer_prefix}{index}."
         for name, tensor in weights.items():
-            _assign(layer, name[len(prefix) :], for_compute(cpu_runnable(tensor), self.compute))
+            assign_parameter(layer, name[len(prefix) :], for_compute(cpu_runnable(tensor), self.compute))
         left = [n for n, p in layer.named_parameters() if p.is_meta]
         if left:
             raise ValueError(f"decoder layer {index} has no weights for {left[:3]}")
@@ -257,7 +257,7 @@ def _plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
     return [tensor]
 
 
-def _assign(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+def assign_parameter(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = root.get_submodule(module_name) if module_name else root
     setattr(module, leaf, torch.nn.Parameter(tensor, requires_grad=False))

@@ -225,7 +225,6 @@ def plan_int4(
             formats=formats,
             dynamic_types=dynamic,
             method=choice.method,
-            streaming=streaming,
             device=hardware.device,
         )
     return Int4Plan(

@@ -46,6 +46,13 @@ class ShardPlan:
     weight_map: dict[str, str]
 
     @classmethod
+    def of(cls, source_dir: Path) -> ShardPlan:
+        """The plan of a source folder (its weight files, or its index when it has one)."""
+        files = [p.name for p in source_dir.iterdir()] if source_dir.exists() else []
+        index = json.loads((source_dir / INDEX_NAME).read_text()) if (source_dir / INDEX_NAME).is_file() else None
+        return cls.read(files, index)
+
+    @classmethod
     def read(cls, files: list[str], index: dict | None) -> ShardPlan:
         if index:
             weight_map = index["weight_map"]
@@ -107,7 +114,7 @@ def stream_quantize(
     torchao_config: AOBaseConfig,
     events: EventStream,
     quant_type: str,
-    quantize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    quantize: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
     shard_path: Callable[[str], Path] | None = None,
     release: Callable[[str], None] | None = None,
     written: Callable[[Path, Path], None] | None = None,
@@ -117,7 +124,8 @@ def stream_quantize(
 ) -> Streamed:
     """Write the quantized checkpoint to `output_dir` shard by shard.
 
-    `quantize(weight)` makes one quantized weight (default: `torchao_config` through quantize_).
+    `quantize(name, weight)` makes one quantized weight (default: `torchao_config` through quantize_); `name` is the
+    model's parameter name, for a choice made per layer (mixed precision).
     `shard_path(name)` gives the local file of a source shard (a Hub source downloads it then);
     `written(source_file, output_file)` is called once an output shard is final, before its source
     shard is released (the caller may check it, upload it and delete it);
@@ -128,13 +136,11 @@ def stream_quantize(
     `experts_forward` goes to config.json.
     """
     shard_path = shard_path or (lambda name: source_dir / name)
-    files = [p.name for p in source_dir.iterdir()] if source_dir.exists() else []
-    index = json.loads((source_dir / INDEX_NAME).read_text()) if (source_dir / INDEX_NAME).is_file() else None
-    plan = ShardPlan.read(files, index)
+    plan = ShardPlan.of(source_dir)
     streamer = ShardStreamer(
         config_dict=config_dict,
         torchao_config=torchao_config,
-        quantize=quantize or (lambda weight: quantize_weight(weight, torchao_config)),
+        quantize=quantize or (lambda name, weight: quantize_weight(weight, torchao_config)),
         events=events,
         n_tensors=len(plan.weight_map),
         check_layers=check_layers,
@@ -161,7 +167,7 @@ class ShardStreamer:
         *,
         config_dict: dict,
         torchao_config: AOBaseConfig,
-        quantize: Callable[[torch.Tensor], torch.Tensor],
+        quantize: Callable[[str, torch.Tensor], torch.Tensor],
         events: EventStream,
         n_tensors: int,
         check_layers: int,
@@ -219,7 +225,7 @@ class ShardStreamer:
             self.total_size += reader.nbytes(key)
             return
         weight = reader.read(key)
-        tensor = self.quantize(weight)
+        tensor = self.quantize(param, weight)
         if param in self.checked:
             self.layer_errors[key] = layer_output_error(weight, tensor)
         del weight

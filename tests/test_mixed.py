@@ -18,9 +18,11 @@ from quantizer.events import EventStream
 from quantizer.hardware import detect
 from quantizer.int4 import mixed
 from quantizer.int4.formats import INTX, TILE_PACKED
+from quantizer.source import copy_side_files
 from quantizer.texts import calibration_ids, default_calibration_text
 from quantizer.whole_model import load_with_int4
 from tests.support.models import TinyShape
+from tests.test_streaming import read_tensors, same_bytes
 
 SHAPE = TinyShape(hidden=128, intermediate=256, layers=2)
 INT8_TYPE = "Int8Tensor"
@@ -143,7 +145,6 @@ def test_the_card_lists_exactly_the_layers_saved_in_int8(tiny_model, tmp_path, c
         (["--int4-mixed", "9"], "less than int8's 8"),
         (["--int4-mixed", "5.5", "--quant-type", "int8_weight_only"], "applies to int4 types"),
         (["--int4-mixed", "5.5", "--int4-method", "rtn"], "use --int4-method asym, hqq or gptq"),
-        (["--int4-mixed", "5.5", "--streaming"], "streams the model"),
         (["--int4-mixed", "5.5", "--quant-type", "int8_dynamic_int4_weight"], "int8 activations"),
     ],
 )
@@ -155,3 +156,35 @@ def test_a_mixed_job_that_cannot_be_made_is_refused_before_any_work(tiny_model, 
     err = capsys.readouterr().err
     assert phrase in err.strip().splitlines()[-1] and "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.fixture(scope="module")
+def sharded_source(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model in small shards: the embedding and each decoder layer's weights in shards of their own."""
+    folder = tmp_path_factory.mktemp("mixed-sharded")
+    AutoModelForCausalLM.from_pretrained(tiny_model(SHAPE)).save_pretrained(folder, max_shard_size="300KB")
+    copy_side_files(tiny_model(SHAPE), folder)
+    assert len(list(folder.glob("model-*.safetensors"))) > 2
+    return folder
+
+
+def test_a_streamed_mixed_job_writes_the_same_tensors_as_the_whole_model(sharded_source, tmp_path, capsys):
+    """The streaming engine measures each layer from its shards, one decoder layer at a time, and keeps the same
+    layers in int8 as the whole-model engine: the same tensors, the same config.json, the same sensitivities."""
+    reports = {}
+    for engine in ("whole", "streamed"):
+        argv = [str(sharded_source), engine, "--quant-type", "int4_weight_only", "--int4-method", "asym"]
+        argv += ["--int4-mixed", "5.5", "--group-size", "32", "--save-only", "--output-dir", str(tmp_path)]
+        argv += ["--streaming"] if engine == "streamed" else []
+        assert main([*argv, "--no-tracking", "--json"]) == 0, capsys.readouterr().err
+        reports[engine] = json.loads(capsys.readouterr().out)["results"][0]
+    assert reports["streamed"]["peak_disk_bytes"] is not None and reports["whole"]["peak_disk_bytes"] is None
+    assert reports["whole"]["mixed"] == reports["streamed"]["mixed"] and reports["whole"]["mixed"]["kept"]
+    whole, streamed = read_tensors(tmp_path / "whole"), read_tensors(tmp_path / "streamed")
+    assert set(whole) == set(streamed)
+    assert all(same_bytes(whole[k], streamed[k]) for k in whole)
+    configs = [json.loads((tmp_path / e / "config.json").read_text())["quantization_config"] for e in reports]
+    assert configs[0] == configs[1]
+    assert set(kept_in_card((tmp_path / "streamed" / "README.md").read_text())) == set(
+        reports["whole"]["mixed"]["kept"]
+    )

@@ -86,13 +86,25 @@ class Int4Choice:
         notes = self.format.install(rest, quants, self.group_size, self.dynamic_activations)
         for name, module in kept.items():
             module.weight = torch.nn.Parameter(int8[name], requires_grad=False)
-        config = mixed.declared_config(plan, list(rest), declared)
+        config = mixed.declared_config(plan, model.config.to_dict(), declared)
         return Installed(notes=(*notes, plan.summary()), config=config, mixed=plan)
 
     def quantize_tensor(self, weight: torch.Tensor):
         """One weight as its torchao tensor (the streaming engine's per-tensor path)."""
         quant = self.method.quantize_tensor(weight, self.group_size)
         return self.format.tensor(weight, quant, self.group_size, self.dynamic_activations)
+
+    def tensor_quantizer(self, kept: tuple[str, ...] = ()) -> Callable[[str, torch.Tensor], torch.Tensor]:
+        """The streaming engine's per-tensor path by weight name: the `kept` Linears (mixed precision) in int8, as the
+        whole-model path stores them, the rest int4."""
+        kept_weights = {f"{name}.weight" for name in kept}
+
+        def quantize(name: str, weight: torch.Tensor) -> torch.Tensor:
+            if name in kept_weights:
+                return quantize_weight(weight, mixed.KEPT_CONFIG())
+            return self.quantize_tensor(weight)
+
+        return quantize
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -137,15 +137,8 @@ def calibrated_layers(model, names: list[str], calibration: torch.Tensor, batch:
         linears = {n: modules[n] for n in names if n.startswith(prefix)}
         runner = layer if compute == model.dtype else copy.deepcopy(layer).to(compute)  # upcast one layer at a time
         running = {n: runner.get_submodule(n.removeprefix(prefix)) for n in linears}
-        hessians = SharedHessians()
-        handles = [m.register_forward_hook(hessians.hook(n)) for n, m in running.items()]
-        outputs = []
-        for chunk in hidden:
-            hessians.next_chunk()
-            outputs.append(first(runner(chunk, **layer_kwargs[chunk.shape[0]])))
-        for handle in handles:
-            handle.remove()
-        calibrated = CalibratedLayer(index=index, linears=linears, running=running, groups=hessians.groups())
+        groups, outputs = layer_hessians(runner, running, hidden, layer_kwargs)
+        calibrated = CalibratedLayer(index=index, linears=linears, running=running, groups=groups)
         yield calibrated
         seen.update(linears)
         # the next layer calibrates on what this layer, as the caller left it, outputs
@@ -156,6 +149,25 @@ def calibrated_layers(model, names: list[str], calibration: torch.Tensor, batch:
     missing = set(names) - seen
     if missing:
         raise RuntimeError(f"found no decoder layer for {sorted(missing)[:3]}")
+
+
+@torch.no_grad()
+def layer_hessians(
+    runner: torch.nn.Module, running: dict[str, torch.nn.Linear], hidden: list[torch.Tensor], layer_kwargs: dict
+) -> tuple[list[tuple[list[str], torch.Tensor]], list[torch.Tensor]]:
+    """One decoder layer run on every calibration chunk: the Hessians of its `running` Linears' inputs (grouped by
+    shared input), and its outputs. `layer_kwargs` maps a chunk's batch size to the keyword arguments it takes."""
+    hessians = SharedHessians()
+    handles = [m.register_forward_hook(hessians.hook(n)) for n, m in running.items()]
+    outputs = []
+    try:
+        for chunk in hidden:
+            hessians.next_chunk()
+            outputs.append(first(runner(chunk, **layer_kwargs[chunk.shape[0]])))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return hessians.groups(), outputs
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from torchao.core.config import AOBaseConfig
 from torchao.quantization import FqnToConfig, Int8WeightOnlyConfig
 
 from ..errors import InputError
+from ..layers import planned_linear_layers
 from .formats import Int4Format
 from .gptq import calibrated_layers
 from .grid import quantize_asym
@@ -115,12 +116,14 @@ def choose(
     return MixedPlan(budget_bits=budget_bits, bits=spent / total, kept=tuple(kept), sensitivity=sensitivity)
 
 
-def declared_config(plan: MixedPlan, int4_names: list[str], int4_config: AOBaseConfig) -> AOBaseConfig:
+def declared_config(plan: MixedPlan, config_dict: dict, int4_config: AOBaseConfig) -> AOBaseConfig:
     """The per-module config stock transformers reloads the output with: each kept layer by name, the int4 layers
-    by one pattern that names them all (no "_default", which torchao deprecates)."""
+    (every other quantized Linear of the model `config_dict` describes) by one pattern that names them all (no
+    "_default", which torchao deprecates)."""
     if not plan.kept:
         return int4_config
     entries: OrderedDict[str, AOBaseConfig | None] = OrderedDict((name, KEPT_CONFIG()) for name in plan.kept)
+    int4_names = [layer.name for layer in planned_linear_layers(config_dict) if layer.name not in plan.kept]
     if int4_names:
         entries["re:(" + "|".join(re.escape(name) for name in int4_names) + ")"] = int4_config
     return FqnToConfig(entries)
@@ -133,7 +136,6 @@ def check_job(
     formats: dict[str, Int4Format],
     dynamic_types: list[str],
     method: Int4Method | None,
-    streaming: bool,
     device: str,
 ) -> None:
     """Refuse, before any work, a mixed-precision job that cannot be made as asked; each refusal says what to do.
@@ -145,11 +147,6 @@ def check_job(
         raise InputError(
             f"--int4-mixed keeps layers int8 weight-only, which {', '.join(dynamic_types)} (int8 activations) does "
             "not declare: use int4_weight_only, or leave out --int4-mixed."
-        )
-    if streaming:
-        raise InputError(
-            "--int4-mixed measures every layer on calibration text with the whole model in memory, and this job "
-            "streams the model: leave out --int4-mixed, or run on a machine that holds the model."
         )
     unmade = [name for name, fmt in formats.items() if not fmt.takes_calibrated(device)]
     if unmade:
