@@ -62,16 +62,16 @@ def check_vllm(config: dict, headers: list[dict[str, str]], *, experts_quantized
         rebuilt = config_from_dict(quant_type["default"])
     except Exception as exc:  # whatever torchao refuses, vLLM refuses the same way
         return VllmCheck(loads=False, reason=f"torchao's config_from_dict cannot rebuild its config ({exc})")
-    if type(rebuilt).__name__ == "FqnToConfig":
-        return VllmCheck(
-            loads=False,
-            reason="its layers have different torchao configs (mixed precision), and vLLM fuses q/k/v and gate/up "
-            "into single layers that one per-layer choice can split; vLLM serving is not claimed for it",
-        )
     if experts_quantized:
         return VllmCheck(
             loads=False,
             reason="vLLM applies torchao to Linear layers only and does not serve torchao-quantized MoE experts yet",
+        )
+    if type(rebuilt).__name__ == "FqnToConfig":  # a mixture of experts' covering config is one too, said above
+        return VllmCheck(
+            loads=False,
+            reason="its layers have different torchao configs (mixed precision), and vLLM fuses q/k/v and gate/up "
+            "into single layers that one per-layer choice can split; vLLM serving is not claimed for it",
         )
     torchao_headers = [h for h in headers if "tensor_names" in h]
     refused = sorted(_tensor_types([h for h in torchao_headers if not is_metadata_torchao(h)]) - {"Tensor"})
