@@ -71,6 +71,7 @@ def measured_result(
         peak_disk_bytes=q.peak_disk_bytes if q else None,
         quantized_share=q.counts.share.fraction if q and q.counts.share is not None else planned.quantized_share,
         mixed=q.mixed.to_dict() if q and q.mixed else None,
+        torchao_config=q.mixed.config_text(planned.torchao_config) if q and q.mixed else planned.torchao_config,
         verify=stages.verified,
         vllm=stages.vllm,
         notes=(*planned.notes, *(q.notes if q else ())),

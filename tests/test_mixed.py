@@ -134,6 +134,7 @@ def test_the_card_lists_exactly_the_layers_saved_in_int8(tiny_model, tmp_path, c
     assert f"| `{report['mixed']['kept'][0]}` |" in card and "1 of " in card
     assert "--int4-mixed 5.5" in card  # the reproduce command
     assert "vllm serve" not in card  # per-layer configs: not claimed
+    assert f"| torchao config | `FqnToConfig({len(report['mixed']['kept'])} layers Int8WeightOnlyConfig(), " in card
     config = json.loads((folder / "config.json").read_text())["quantization_config"]["quant_type"]["default"]
     assert config["_type"] == "FqnToConfig"
     assert "_default" not in config["_data"]["fqn_to_config"]  # torchao deprecates it

@@ -72,6 +72,13 @@ class MixedPlan:
             f"sensitive on the calibration text), {self.bits:.2f} bits per weight for a budget of {self.budget_bits:g}"
         )
 
+    def config_text(self, int4_config: str) -> str:
+        """What config.json declares, in a line: the kept layers' config and the int4 one, by layer."""
+        if not self.kept:
+            return int4_config
+        kept = f"{len(self.kept)} layers {KEPT_CONFIG.__name__}()"
+        return f"FqnToConfig({kept}, {len(self.sensitivity) - len(self.kept)} layers {int4_config})"
+
     def to_dict(self) -> dict:
         return {
             "budget_bits": self.budget_bits,
