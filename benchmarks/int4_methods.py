@@ -18,6 +18,8 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.offgrid import build_offgrid
@@ -151,6 +153,53 @@ def document(model: str, group_size: int, eval_tokens: int, linear_params: int, 
     return header + "\n\n" + "\n\n".join(sections) + "\n"
 
 
+@dataclass(frozen=True)
+class HeldOutSource:
+    path: Path
+    model: str  # as the results name it
+    linear_params: int
+
+
+def held_out_source(folder: Path | None) -> HeldOutSource:
+    """The model the held-out runs measure: `folder`, or the off-grid SmolLM2-135M (built once)."""
+    path = folder or build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
+    config = json.loads((path / "config.json").read_text())
+    linear_params = sum(layer.in_features * layer.out_features for layer in planned_linear_layers(config))
+    return HeldOutSource(path, folder.name if folder else "Off-grid SmolLM2-135M-Instruct", linear_params)
+
+
+def held_out_runs(
+    domains: list[str],
+    rows_for: Callable[[int, dict[str, Path], Path], list[dict]],
+    show: Callable[[list[dict]], list[str]],
+) -> list[dict]:
+    """Each domain held out in turn: its text to evaluate on and the other domains mixed to calibrate on, written to
+    a temporary folder; `rows_for(number, texts, out)` measures that domain's rows, printed (`show`) as they come."""
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, held_out in enumerate(domains):
+            calibration = tuple(name for name in SOURCES if name != held_out)
+            texts = {"eval": Path(tmp) / f"{held_out}.txt", "calibration": Path(tmp) / "calibration.txt"}
+            texts["eval"].write_text(SOURCES[held_out].read(), encoding="utf-8")
+            texts["calibration"].write_text(mixed(calibration), encoding="utf-8")
+            rows = rows_for(number, texts, Path(tmp) / f"out-{held_out}")
+            print("\n".join(show(rows)), flush=True)
+            runs.append({"held_out": held_out, "calibration": list(calibration), "rows": rows})
+    return runs
+
+
+def write_results(args, name: str, text: str, machine: dict, linear_params: int, runs: list[dict]) -> None:
+    """Print the results and write them to `args.results` as NAME.md and NAME.json (with the run's settings)."""
+    print(text)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.md").write_text(text)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    (args.results / f"{name}.json").write_text(
+        json.dumps({"settings": settings, "machine": machine, "linear_params": linear_params, "runs": runs}, indent=2)
+        + "\n"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group-size", type=int, default=32)
@@ -164,33 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_methods.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
-    source = args.source or build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
-    config = json.loads((source / "config.json").read_text())
-    linear_params = sum(layer.in_features * layer.out_features for layer in planned_linear_layers(config))
-    model = args.source.name if args.source else "Off-grid SmolLM2-135M-Instruct"
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for number, held_out in enumerate(args.held_out):
-            calibration = tuple(name for name in SOURCES if name != held_out)
-            texts = {"eval": Path(tmp) / f"{held_out}.txt", "calibration": Path(tmp) / "calibration.txt"}
-            texts["eval"].write_text(SOURCES[held_out].read(), encoding="utf-8")
-            texts["calibration"].write_text(mixed(calibration), encoding="utf-8")
-            jobs = [(method, args.quant_type) for method in args.methods]
-            if number == 0 and args.packed:
-                jobs += [(method, PACKED) for method in args.methods if method in PACKED_METHODS]
-            rows = [measure(source, Path(tmp) / f"out-{held_out}", texts, m, t, args) for m, t in jobs]
-            print("\n".join(table(rows, linear_params)), flush=True)
-            runs.append({"held_out": held_out, "calibration": list(calibration), "rows": rows})
+    source = held_out_source(args.source)
+
+    def rows_for(number: int, texts: dict[str, Path], out: Path) -> list[dict]:
+        jobs = [(method, args.quant_type) for method in args.methods]
+        if number == 0 and args.packed:
+            jobs += [(method, PACKED) for method in args.methods if method in PACKED_METHODS]
+        return [measure(source.path, out, texts, m, t, args) for m, t in jobs]
+
+    runs = held_out_runs(args.held_out, rows_for, lambda rows: table(rows, source.linear_params))
     machine = describe_machine()
-    text = document(model, args.group_size, args.eval_tokens, linear_params, runs, machine)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "int4_methods.md").write_text(text)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    (args.results / "int4_methods.json").write_text(
-        json.dumps({"settings": settings, "machine": machine, "linear_params": linear_params, "runs": runs}, indent=2)
-        + "\n"
-    )
+    text = document(source.model, args.group_size, args.eval_tokens, source.linear_params, runs, machine)
+    write_results(args, "int4_methods", text, machine, source.linear_params, runs)
     return 0
 
 

@@ -13,19 +13,14 @@ as the budget counts them. Writes benchmarks/results/int4_mixed.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from pathlib import Path
 
-from benchmarks.int4_methods import PACKED, measure
-from benchmarks.offgrid import build_offgrid
+from benchmarks.int4_methods import PACKED, held_out_runs, held_out_source, measure, write_results
 from quantizer.compute import describe_flags, describe_machine
 from quantizer.console import quiet_libraries
-from quantizer.demo import cache_root, prepare
-from quantizer.layers import planned_linear_layers
 from quantizer.report import human_bytes
 from quantizer.tables import markdown_table
-from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name, mixed
+from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INT8 = "int8_weight_only"
@@ -147,31 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_mixed.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
-    source = args.source or build_offgrid(prepare(), cache_root() / "SmolLM2-135M-Instruct-offgrid")
-    config = json.loads((source / "config.json").read_text())
-    linear_params = sum(layer.in_features * layer.out_features for layer in planned_linear_layers(config))
-    model = args.source.name if args.source else "Off-grid SmolLM2-135M-Instruct"
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for number, held_out in enumerate(args.held_out):
-            calibration = tuple(name for name in SOURCES if name != held_out)
-            texts = {"eval": Path(tmp) / f"{held_out}.txt", "calibration": Path(tmp) / "calibration.txt"}
-            texts["eval"].write_text(SOURCES[held_out].read(), encoding="utf-8")
-            texts["calibration"].write_text(mixed(calibration), encoding="utf-8")
-            out = Path(tmp) / f"out-{held_out}"
-            rows = [measure(source, out, texts, m, t, args, bits) for m, t, bits in jobs(args.budgets, number == 0)]
-            print("\n".join(table(rows, linear_params, args.group_size)), flush=True)
-            runs.append({"held_out": held_out, "calibration": list(calibration), "rows": rows})
+    source = held_out_source(args.source)
+
+    def rows_for(number: int, texts: dict[str, Path], out: Path) -> list[dict]:
+        return [measure(source.path, out, texts, m, t, args, bits) for m, t, bits in jobs(args.budgets, number == 0)]
+
+    runs = held_out_runs(args.held_out, rows_for, lambda rows: table(rows, source.linear_params, args.group_size))
     machine = describe_machine()
-    text = document(model, args, linear_params, runs, machine)
-    print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "int4_mixed.md").write_text(text)
-    settings = {k: str(v) for k, v in vars(args).items()}
-    (args.results / "int4_mixed.json").write_text(
-        json.dumps({"settings": settings, "machine": machine, "linear_params": linear_params, "runs": runs}, indent=2)
-        + "\n"
-    )
+    text = document(source.model, args, source.linear_params, runs, machine)
+    write_results(args, "int4_mixed", text, machine, source.linear_params, runs)
     return 0
 
 
