@@ -148,7 +148,7 @@ class StreamingEngine:
         sink = ShardSink(job, evaluator)
         with events.stage("quantize", "quantizing shard by shard (streaming)", quant_type=tp.name):
             mixed_plan = streamed_mixed_plan(job, custom) if custom and custom.mixed_bits is not None else None
-            config = mixed.declared_config(mixed_plan, plan.info.config, tp.config) if mixed_plan else tp.config
+            config = mixed.declared_config(mixed_plan, tp.config) if mixed_plan else tp.config
             try:
                 streamed = stream_quantize(
                     job.fetched.folder,

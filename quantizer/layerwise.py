@@ -140,10 +140,7 @@ class LayerwiseEvaluator:
                 assign_parameter(model, name, for_compute(cpu_runnable(tensor), self.compute))
         if self.config.tie_word_embeddings:
             model.tie_weights()
-        rotary = getattr(model.model, "rotary_emb", None)
-        if rotary is not None and any(b.is_meta for b in rotary.buffers()):
-            with torch.device("cpu"):
-                model.model.rotary_emb = type(rotary)(config=self.config)
+        rebuild_rotary(model)
         return model
 
     def _outer_ready(self, weights: dict[str, torch.Tensor]) -> bool:
@@ -189,14 +186,7 @@ class LayerwiseEvaluator:
             self.next_layer += 1
 
     def _layer(self, index: int, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
-        layer = copy.deepcopy(self.decoder[index])
-        prefix = f"{self.layer_prefix}{index}."
-        for name, tensor in weights.items():
-            assign_parameter(layer, name[len(prefix) :], for_compute(cpu_runnable(tensor), self.compute))
-        left = [n for n, p in layer.named_parameters() if p.is_meta]
-        if left:
-            raise ValueError(f"decoder layer {index} has no weights for {left[:3]}")
-        return layer
+        return built_layer(self.decoder, self.layer_prefix, index, weights, self.compute)
 
     def result(self) -> LayerwiseFigures | None:
         """Both models' figures, or None when the evaluator stopped (see `stopped`)."""
@@ -255,6 +245,29 @@ def _plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
     if names:
         return [getattr(tensor, n) for n in names if getattr(tensor, n, None) is not None]
     return [tensor]
+
+
+def built_layer(
+    decoder: torch.nn.ModuleList, layer_prefix: str, index: int, weights: dict[str, torch.Tensor], compute: torch.dtype
+) -> torch.nn.Module:
+    """A copy of the meta model's decoder layer `index` with `weights` (named from the model's root) in the compute
+    dtype; every parameter must be given."""
+    layer = copy.deepcopy(decoder[index])
+    prefix = f"{layer_prefix}{index}."
+    for name, tensor in weights.items():
+        assign_parameter(layer, name.removeprefix(prefix), for_compute(cpu_runnable(tensor), compute))
+    left = [n for n, p in layer.named_parameters() if p.is_meta]
+    if left:
+        raise ValueError(f"decoder layer {index} has no weights for {left[:3]}")
+    return layer
+
+
+def rebuild_rotary(model: torch.nn.Module) -> None:
+    """A meta model's rotary embedding rebuilt on the CPU: its buffers are computed, not read from a checkpoint."""
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if rotary is not None and any(b.is_meta for b in rotary.buffers()):
+        with torch.device("cpu"):
+            model.model.rotary_emb = type(rotary)(config=model.config)
 
 
 def assign_parameter(root: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:

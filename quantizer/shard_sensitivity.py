@@ -13,7 +13,6 @@ put decoder layers before the embedding makes it hold those layers until the emb
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from .compute import cast_floats, compute_dtype, for_compute, stored_dtype
 from .int4 import mixed
 from .int4.gptq import capture_layer_inputs, layer_hessians
 from .layers import decoder_layers, meta_model
-from .layerwise import assign_parameter
+from .layerwise import assign_parameter, built_layer, rebuild_rotary
 
 
 class ShardSensitivity:
@@ -70,10 +69,7 @@ class ShardSensitivity:
     def _capture(self) -> None:
         """The hidden states entering the first decoder layer, from the model's own forward."""
         assign_parameter(self.skeleton, self.embedding, for_compute(self.tensors[self.embedding], self.compute))
-        rotary = getattr(getattr(self.skeleton, "model", None), "rotary_emb", None)
-        if rotary is not None and any(b.is_meta for b in rotary.buffers()):
-            with torch.device("cpu"):
-                self.skeleton.model.rotary_emb = type(rotary)(config=self.skeleton.config)
+        rebuild_rotary(self.skeleton)
         hidden, kwargs = capture_layer_inputs(self.skeleton, self.calibration, batch=8)
         self.hidden, self.kwargs = cast_floats(hidden, self.compute), cast_floats(kwargs, self.compute)
 
@@ -86,17 +82,13 @@ class ShardSensitivity:
             index, names = self.next_layer, self.layer_names[self.next_layer]
             if not all(n in self.tensors for n in names):
                 return
-            layer = copy.deepcopy(self.decoder[index])
+            layer = built_layer(
+                self.decoder, self.layer_prefix, index, {n: self.tensors[n] for n in names}, self.compute
+            )
             prefix = f"{self.layer_prefix}{index}."
-            for name in names:
-                assign_parameter(layer, name.removeprefix(prefix), for_compute(self.tensors[name], self.compute))
-            linears = [n for n in self.names if n.startswith(prefix)]
-            running = {n: layer.get_submodule(n.removeprefix(prefix)) for n in linears}
+            running = {n: layer.get_submodule(n.removeprefix(prefix)) for n in self.names if n.startswith(prefix)}
             groups, self.hidden = layer_hessians(layer, running, self.hidden, self.kwargs)
-            for group, hessian in groups:
-                for name in group:
-                    weight = self.tensors[f"{name}.weight"]
-                    self.errors[name] = mixed.layer_error(weight, hessian, self.group_size)
+            self.errors.update(mixed.group_errors(groups, lambda name: self.tensors[f"{name}.weight"], self.group_size))
             for name in names:
                 self.tensors.pop(name)
             self.next_layer += 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torchao.core.config import AOBaseConfig
 
-from ..layers import quantizable_linears, quantize_weight
+from ..layers import quantizable_linears
 from . import mixed
 from .formats import Int4Format
 from .methods import Int4Method
@@ -78,7 +78,7 @@ class Int4Choice:
         shapes = {name: tuple(module.weight.shape) for name, module in linears.items()}
         plan = mixed.choose(sensitivity, shapes, self.mixed_bits, self.group_size)
         kept = {name: linears[name] for name in plan.kept}
-        int8 = {name: quantize_weight(module.weight.data, mixed.KEPT_CONFIG()) for name, module in kept.items()}
+        int8 = {name: mixed.kept_tensor(module.weight.data) for name, module in kept.items()}
         for name, module in kept.items():  # later layers calibrate on what the kept layers will compute
             module.weight.data = int8[name].dequantize().to(module.weight.dtype)
         rest = {name: module for name, module in linears.items() if name not in kept}
@@ -86,7 +86,7 @@ class Int4Choice:
         notes = self.format.install(rest, quants, self.group_size, self.dynamic_activations)
         for name, module in kept.items():
             module.weight = torch.nn.Parameter(int8[name], requires_grad=False)
-        config = mixed.declared_config(plan, model.config.to_dict(), declared)
+        config = mixed.declared_config(plan, declared)
         return Installed(notes=(*notes, plan.summary()), config=config, mixed=plan)
 
     def quantize_tensor(self, weight: torch.Tensor):
@@ -101,7 +101,7 @@ class Int4Choice:
 
         def quantize(name: str, weight: torch.Tensor) -> torch.Tensor:
             if name in kept_weights:
-                return quantize_weight(weight, mixed.KEPT_CONFIG())
+                return mixed.kept_tensor(weight)
             return self.quantize_tensor(weight)
 
         return quantize

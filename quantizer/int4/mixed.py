@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ from torchao.core.config import AOBaseConfig
 from torchao.quantization import FqnToConfig, Int8WeightOnlyConfig
 
 from ..errors import InputError
-from ..layers import planned_linear_layers
+from ..layers import quantize_weight
 from .formats import Int4Format
 from .gptq import calibrated_layers
 from .grid import quantize_asym
@@ -101,10 +102,20 @@ def measure(
     """Every named Linear's sensitivity, from one calibration pass through the source (weights unchanged)."""
     errors: dict[str, float] = {}
     for layer in calibrated_layers(model, list(linears), calibration):
-        for group, hessian in layer.groups:
-            for name in group:
-                errors[name] = layer_error(layer.linears[name].weight.data, hessian, group_size)
+        errors.update(group_errors(layer.groups, lambda name: linears[name].weight.data, group_size))
     return {name: errors[name] for name in linears}
+
+
+def group_errors(
+    groups: list[tuple[list[str], torch.Tensor]], weight_of: Callable[[str], torch.Tensor], group_size: int
+) -> dict[str, float]:
+    """Each Linear's sensitivity from the Hessian of the input it shares with its group (`gptq.layer_hessians`)."""
+    return {name: layer_error(weight_of(name), hessian, group_size) for group, hessian in groups for name in group}
+
+
+def kept_tensor(weight: torch.Tensor) -> torch.Tensor:
+    """A kept layer's weight as stored: int8, by int8_weight_only's own config."""
+    return quantize_weight(weight, KEPT_CONFIG())
 
 
 def choose(
@@ -123,14 +134,14 @@ def choose(
     return MixedPlan(budget_bits=budget_bits, bits=spent / total, kept=tuple(kept), sensitivity=sensitivity)
 
 
-def declared_config(plan: MixedPlan, config_dict: dict, int4_config: AOBaseConfig) -> AOBaseConfig:
+def declared_config(plan: MixedPlan, int4_config: AOBaseConfig) -> AOBaseConfig:
     """The per-module config stock transformers reloads the output with: each kept layer by name, the int4 layers
-    (every other quantized Linear of the model `config_dict` describes) by one pattern that names them all (no
-    "_default", which torchao deprecates)."""
+    (every other Linear the plan measured) by one pattern that names them all (no "_default", which torchao
+    deprecates)."""
     if not plan.kept:
         return int4_config
     entries: OrderedDict[str, AOBaseConfig | None] = OrderedDict((name, KEPT_CONFIG()) for name in plan.kept)
-    int4_names = [layer.name for layer in planned_linear_layers(config_dict) if layer.name not in plan.kept]
+    int4_names = [name for name in plan.sensitivity if name not in plan.kept]
     if int4_names:
         entries["re:(" + "|".join(re.escape(name) for name in int4_names) + ")"] = int4_config
     return FqnToConfig(entries)
