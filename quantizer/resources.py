@@ -11,6 +11,9 @@ from .hardware import available_memory_bytes, free_disk_bytes
 # An output is at most about this share of the source's bf16 bytes for every type we write
 # (int8 and unpacked int4 measure 55-62% on small models whose embeddings stay bf16).
 OUTPUT_SHARE = 0.65
+# the whole-model engine's output shards (the Hub's usual size); aligning one (`safetensors_io.align_file`) writes a
+# copy of it beside it, so the staged output needs one shard more while it is saved
+SAVE_SHARD_BYTES = 5 * 10**9
 # Loading the source for the reference pass holds its weights once, plus the framework's own memory.
 MEMORY_FACTOR = 1.25
 RUNTIME_BYTES = 600 * 1024**2
@@ -69,6 +72,7 @@ def estimate(
     if streaming_shard is None:
         needs = [Need("memory", None, memory_for_whole_model(weight_bytes, upcast))]
         download_bytes = weight_bytes
+        output += min(output, SAVE_SHARD_BYTES)
     else:
         needs = [Need("memory", None, streaming_memory(streaming_shard) + layerwise_bytes)]
         download_bytes = streaming_shard

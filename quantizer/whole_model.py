@@ -25,6 +25,8 @@ from .int4 import Int4Choice, made_here
 from .int4.apply import Installed
 from .int4.mixed import MixedPlan
 from .layers import LayerCount, count_linear_layers
+from .resources import SAVE_SHARD_BYTES
+from .safetensors_io import align_folder
 from .source import copy_side_files
 
 
@@ -81,12 +83,13 @@ def quantize_and_save(
         counts = count_linear_layers(model)
     with events.stage("save", f"saving safetensors to {output_dir.name}", quant_type=quant_type):
         try:
-            model.save_pretrained(output_dir)
+            model.save_pretrained(output_dir, max_shard_size=SAVE_SHARD_BYTES)
         except Exception as exc:
             raise QuantizationError(f"saving the {quant_type} model failed: {exc}") from exc
         finally:
             del model
             gc.collect()
+        align_folder(output_dir)  # see safetensors_io.ALIGNMENT: compiled int8 on a CPU crashes on unaligned weights
         experts.write_forward(output_dir, experts_forward)
         copy_side_files(source_dir, output_dir)
     notes = installed.notes if installed else ()
