@@ -109,17 +109,51 @@ class Timing:
     compiled_error: str | None = None
 
 
-@torch.no_grad()
-def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
-    """Load, next-token latency and generation throughput in eager mode (medians of `repeats` after one warm-up);
-    with `compiled`, then generation with the forward compiled by torch.compile and a static cache, the way the
-    guide shows (on CUDA transformers compiles a static-cache generate itself)."""
+@dataclass(kw_only=True)
+class Loaded:
+    """A model loaded for timing, with the prompt and a timed greedy generation."""
+
+    model: object
+    ids: torch.Tensor
+    pad: int
+    hardware: Hardware
+    new_tokens: int
+    load_seconds: float
+
+    def sync(self) -> None:
+        if self.hardware.is_cuda:
+            torch.cuda.synchronize()
+
+    def generate(self) -> float:
+        """Tokens per second of one greedy generation of `new_tokens`."""
+        self.sync()
+        started = time.perf_counter()
+        self.model.generate(
+            self.ids,
+            attention_mask=torch.ones_like(self.ids),
+            max_new_tokens=self.new_tokens,
+            min_new_tokens=self.new_tokens,
+            do_sample=False,
+            pad_token_id=self.pad,
+        )
+        self.sync()
+        return self.new_tokens / (time.perf_counter() - started)
+
+    def decode_step(self) -> float:
+        """Seconds of one next-token forward after the prompt's."""
+        out = self.model(self.ids, use_cache=True)
+        next_id = out.logits[:, -1:].argmax(-1)
+        self.sync()
+        started = time.perf_counter()
+        self.model(next_id, cache=out.cache, use_cache=True)
+        self.sync()
+        return time.perf_counter() - started
+
+
+def load(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) -> Loaded:
+    """Stock `from_pretrained` (timed: the median of up to 3 loads), the tokenizer and the prompt."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    peak_gpu = PeakGPU(hardware)
-    if hardware.is_cuda:
-        torch.cuda.empty_cache()
-    peak_gpu.reset()
     loads = []
     for _ in range(max(1, min(repeats, 3))):
         started = time.perf_counter()
@@ -128,60 +162,78 @@ def time_model(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, 
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"].to(model.device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    def sync() -> None:
-        if hardware.is_cuda:
-            torch.cuda.synchronize()
-
-    def decode_step() -> float:
-        out = model(ids, use_cache=True)
-        next_id = out.logits[:, -1:].argmax(-1)
-        sync()
-        started = time.perf_counter()
-        model(next_id, cache=out.cache, use_cache=True)
-        sync()
-        return time.perf_counter() - started
-
-    def generate() -> float:
-        sync()
-        started = time.perf_counter()
-        model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-        )
-        sync()
-        return new_tokens / (time.perf_counter() - started)
-
-    decode_step()
-    generate()  # warm-up, excluded
-    latency = statistics.median(decode_step() for _ in range(repeats)) * 1000
-    throughput = statistics.median(generate() for _ in range(repeats))
-    eager = Timing(
+    return Loaded(
+        model=model,
+        ids=ids,
+        pad=pad,
+        hardware=hardware,
+        new_tokens=new_tokens,
         load_seconds=statistics.median(loads),
+    )
+
+
+@torch.no_grad()
+def time_eager(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) -> Timing:
+    """Load, next-token latency and generation throughput in eager mode (medians of `repeats` after one warm-up)."""
+    peak_gpu = PeakGPU(hardware)
+    if hardware.is_cuda:
+        torch.cuda.empty_cache()
+    peak_gpu.reset()
+    loaded = load(folder, hardware, repeats, new_tokens)
+    loaded.decode_step()
+    loaded.generate()  # warm-up, excluded
+    latency = statistics.median(loaded.decode_step() for _ in range(repeats)) * 1000
+    throughput = statistics.median(loaded.generate() for _ in range(repeats))
+    return Timing(
+        load_seconds=loaded.load_seconds,
         next_token_ms=latency,
         tokens_per_second=throughput,
         peak_gpu_bytes=peak_gpu.peak_bytes(),
     )
-    if not compiled:
-        return eager
+
+
+@torch.no_grad()
+def time_compiled(folder: Path, hardware: Hardware, repeats: int, new_tokens: int) -> tuple[float, float] | str:
+    """Generation with the forward compiled by torch.compile and a static cache, the way the guide shows (on CUDA
+    transformers compiles a static-cache generate itself): tokens/s (median of `repeats`) and the first generation's
+    seconds, compilation included; or why it failed."""
+    loaded = load(folder, hardware, 1, new_tokens)
     if not hardware.is_cuda:
-        model.forward = torch.compile(model.forward)
-    model.generation_config.cache_implementation = "static"
+        loaded.model.forward = torch.compile(loaded.model.forward)
+    loaded.model.generation_config.cache_implementation = "static"
     try:
         started = time.perf_counter()
-        generate()  # compiles the prefill and the decode step
+        loaded.generate()  # compiles the prefill and the decode step
         compile_seconds = time.perf_counter() - started
-        fast = statistics.median(generate() for _ in range(repeats))
+        return statistics.median(loaded.generate() for _ in range(repeats)), compile_seconds
     except Exception as exc:  # a type inductor cannot compile is a finding, recorded
         message = f"{type(exc).__name__}: {exc}".strip().splitlines()
-        return replace(eager, compiled_error=message[0][:300] if message else type(exc).__name__)
-    finally:
-        torch._dynamo.reset()
-    return replace(eager, compiled_tokens_per_second=fast, compile_seconds=compile_seconds)
+        return message[0][:300] if message else type(exc).__name__
+
+
+def timed(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
+    """Eager figures, then (with `compiled`) compiled ones, each in a fresh process of its own: a crash in torch or
+    torchao costs that measurement only, and no row starts with the previous one's compiled graphs."""
+    eager = in_child(time_eager, folder, hardware, repeats, new_tokens)
+    if not compiled:
+        return eager
+    try:
+        fast = in_child(time_compiled, folder, hardware, repeats, new_tokens)
+    except RuntimeError as exc:
+        return replace(eager, compiled_error=f"compiling: {exc}")
+    if isinstance(fast, str):
+        return replace(eager, compiled_error=fast)
+    return replace(eager, compiled_tokens_per_second=fast[0], compile_seconds=fast[1])
+
+
+def in_child(measure: Callable, *args):
+    """`measure(*args)` in a fresh process; a crash there (a segmentation fault) raises RuntimeError here."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        try:
+            return pool.submit(measure, *args).result()
+        except BrokenProcessPool:
+            raise RuntimeError("the process timing it died (a crash in torch or torchao)") from None
 
 
 RANDOM_LARGE = "random-SmolLM2-1.7B"  # MODEL value: SmolLM2-1.7B's architecture, random weights, for speed only
@@ -210,17 +262,6 @@ def random_large(workdir: Path) -> Path:
     from benchmarks.tiny_models import save_random
 
     return save_random(LlamaConfig(**RANDOM_LARGE_CONFIG), workdir / RANDOM_LARGE, prepare(), seed=0)
-
-
-def time_in_child(folder: Path, hardware: Hardware, repeats: int, new_tokens: int, compiled: bool) -> Timing:
-    """`time_model` in a fresh process: a crash in torch or torchao (a segmentation fault timing one type) ends that
-    row, recorded, instead of the whole benchmark; each row also starts without the previous one's compiled graphs."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        try:
-            return pool.submit(time_model, folder, hardware, repeats, new_tokens, compiled).result()
-        except BrokenProcessPool:
-            raise RuntimeError("the process timing it died (a crash in torch or torchao)") from None
 
 
 def resolve_model(model: str | None, workdir: Path) -> tuple[Path, str]:
@@ -254,6 +295,8 @@ def bench(
     a run cut short (a lent GPU's time running out) still leaves what it measured."""
     hardware = detect(device)
     chosen = types or recipes.made_and_run_on(hardware)  # each output is timed here
+    if model == RANDOM_LARGE:  # random weights fail the quality floors by near ties; their timings are still real
+        extra = [*extra, "--speed-only"]
     with tempfile.TemporaryDirectory(prefix="quantizer-bench-") as tmp:
         work = Path(tmp)
         source, model_name = resolve_model(model, work)
@@ -288,7 +331,7 @@ def bench(
             "failed": failed,
         }
         print("timing the source ...", file=sys.stderr, flush=True)
-        timing = time_in_child(source, hardware, repeats, new_tokens, compiled)
+        timing = timed(source, hardware, repeats, new_tokens, compiled)
         rows = [
             Row(
                 "source",
@@ -311,7 +354,7 @@ def bench(
             result = report["results"][0]
             print(f"timing {quant_type} ...", file=sys.stderr, flush=True)
             try:
-                timing = time_in_child(Path(result["output_dir"]), hardware, repeats, new_tokens, compiled)
+                timing = timed(Path(result["output_dir"]), hardware, repeats, new_tokens, compiled)
             except RuntimeError as exc:  # recorded as the type's failure; the other rows are still measured
                 print(f"{quant_type}: {exc}", file=sys.stderr, flush=True)
                 meta["failed"][quant_type] = f"timing failed: {exc}"

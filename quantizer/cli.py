@@ -26,7 +26,6 @@ from .on_jobs import JobsOptions, run_on_jobs
 from .pipeline import run
 from .report import Report, results_table
 from .spec import WIKITEXT, DatasetRef, JobSpec, host_deadline_seconds
-from .tables import markdown_table
 from .texts import (
     DEFAULT_CALIBRATION_TEXT_NAME,
     DEFAULT_CALIBRATION_TOKENS,
@@ -79,6 +78,8 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
         help="go on when less than half of the Linear-like weights can be quantized (with a type that cannot "
         "quantize a mixture of experts' 3-D expert weights, they stay in the source dtype)",
     )
+    speed_only = "with --save-only, for timing random weights: quality checks measured and noted, not enforced"
+    p.add_argument("--speed-only", action="store_true", help=speed_only)
     p.add_argument("--device", choices=DEVICES, default="auto")
 
 
@@ -261,6 +262,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         calibration_tokens=args.calibration_tokens,
         streaming=args.streaming,
         allow_partial=args.allow_partial,
+        speed_only=args.speed_only,
         track=not args.no_tracking,
         trackio_project=args.trackio_project,
         deadline_seconds=host_deadline_seconds(),
@@ -294,7 +296,12 @@ def information(args: argparse.Namespace) -> int | None:
         print(recipes.registry_table())
         return 0
     if args.list_jobs_hardware:
-        return guarded(args, EventStream(), lambda: print(jobs_hardware_table(args))) or 0
+        return (
+            guarded(
+                args, EventStream(), lambda: print(hf_jobs.flavors_table(Hub(args.token or settings.get("HF_TOKEN"))))
+            )
+            or 0
+        )
     if args.suggest_for:
         try:
             print(suggest.suggest(args.suggest_for).text())
@@ -303,14 +310,6 @@ def information(args: argparse.Namespace) -> int | None:
             return exc.exit_code
         return 0
     return None
-
-
-def jobs_hardware_table(args: argparse.Namespace) -> str:
-    rows = [
-        [f.name, f.pretty_name, f.accelerator or "-", f.cpu, f.ram, f"${f.usd_per_hour:.2f}"]
-        for f in hf_jobs.flavors(Hub(args.token or settings.get("HF_TOKEN")))
-    ]
-    return markdown_table(["flavor", "name", "GPU", "CPU", "RAM", "per hour"], rows)
 
 
 def usage_error(message: str) -> int:

@@ -23,6 +23,7 @@ from .hub import Hub, endpoint
 from .report import Report
 from .source import parse_repo_ref
 from .spec import JobSpec
+from .tables import markdown_table
 
 TOOL = "torchao-quantizer"  # the `tool` label of every Job this tool starts
 REPORT_MARKER = "QUANTIZER_REPORT "  # the Job's last stdout line: this, then the report as one line of JSON
@@ -71,6 +72,12 @@ class Flavor:
 def flavors(hub: Hub) -> list[Flavor]:
     infos = hub.call("listing the Jobs hardware", lambda: hub.api.list_jobs_hardware())
     return [Flavor.from_info(info) for info in infos]
+
+
+def flavors_table(hub: Hub) -> str:
+    """The Jobs hardware and its prices, as `--list-jobs-hardware` prints them."""
+    rows = [[f.name, f.pretty_name, f.accelerator or "-", f.cpu, f.ram, f"${f.usd_per_hour:.2f}"] for f in flavors(hub)]
+    return markdown_table(["flavor", "name", "GPU", "CPU", "RAM", "per hour"], rows)
 
 
 def flavor_named(hub: Hub, name: str) -> Flavor:

@@ -74,7 +74,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
             engine=STREAMING if streaming else WHOLE,
             verification=verification,
             output=output_of(spec, targets[recipe.name], upload_as_it_goes, private),
-            job_notes=tuple(job_notes),
+            job_notes=(*job_notes, *option_notes(spec)),
             share=covered.shares.get(recipe.name),
             has_experts=covered.has_experts,
         )
@@ -91,6 +91,7 @@ def preflight(spec: JobSpec, events: EventStream, hub: Hub, workdir: Path) -> Jo
         measures_source=measures_source,
         private=private,
         allow_partial=spec.allow_partial,
+        speed_only=spec.speed_only,
         compute=compute_note,
         upcast=upcast,
     )
@@ -118,8 +119,21 @@ def output_of(spec: JobSpec, target: str, upload_as_it_goes: bool, private: bool
     )
 
 
+SPEED_ONLY_NOTE = "speed-only run: the quality checks were measured but not enforced; for timing, not for use"
+
+
+def option_notes(spec: JobSpec) -> tuple[str, ...]:
+    """What the job's options make every output's card say."""
+    return (SPEED_ONLY_NOTE,) if spec.speed_only else ()
+
+
 def check_options(spec: JobSpec) -> None:
     recipe_registry.check_group_size_value(spec.group_size or DEFAULT_GROUP_SIZE)
+    if spec.speed_only and (spec.push or spec.public):
+        raise InputError(
+            "--speed-only is for timing runs on random weights: use it with --save-only (an output that failed "
+            "its quality checks is never pushed)."
+        )
     if (spec.eval_dataset and spec.eval_text) or (spec.calibration_dataset and spec.calibration_text):
         raise InputError("give a text file or a dataset for evaluation and for calibration, not both.")
     if spec.public and (spec.eval_dataset or spec.calibration_dataset):

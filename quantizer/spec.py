@@ -69,6 +69,7 @@ class JobSpec:
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     streaming: bool | None = None  # shard-by-shard engine; None: when the model does not fit in memory
     allow_partial: bool = False  # go on when less than half of the Linear-like weights can be quantized
+    speed_only: bool = False  # timing runs on random weights (save-only): the quality floors reported, not enforced
     track: bool = True  # record each type as a Trackio run
     trackio_project: str | None = None  # default: $QUANTIZER_TRACKIO_PROJECT or "quantizer"
     # a shared deployment (a public Space) serving visitors: Hub sources only, a signed-in visitor for every job

@@ -53,6 +53,7 @@ class Stages:
     quantized: Quantized | None = None
     verified: VerifyResult | None = None
     vllm: VllmCheck | None = None
+    refused_because: str | None = None  # a speed-only job's output that a normal job would have refused, and why
 
 
 def measured_result(
@@ -74,7 +75,7 @@ def measured_result(
         torchao_config=q.mixed.config_text(planned.torchao_config) if q and q.mixed else planned.torchao_config,
         verify=stages.verified,
         vllm=stages.vllm,
-        notes=(*planned.notes, *(q.notes if q else ())),
+        notes=(*planned.notes, *(q.notes if q else ()), *((stages.refused_because,) if stages.refused_because else ())),
     )
 
 
@@ -143,7 +144,8 @@ class TypeRun:
         """quantize → verify (and the keep and serving checks) → publish, recording each stage's result."""
         outcome.stages = replace(outcome.stages, quantized=quantize(job))
         outcome.stages = replace(outcome.stages, verified=verify(job, outcome.stages.quantized))
-        check_kept(job, outcome.stages.quantized, outcome.stages.verified)
+        refused = check_kept(job, outcome.stages.quantized, outcome.stages.verified)
+        outcome.stages = replace(outcome.stages, refused_because=refused)
         outcome.stages = replace(outcome.stages, vllm=serving_check(job, outcome.stages.quantized))
         described = self.measured(planned, outcome.stages, peaks)  # what the card describes
         outcome.published = self.publisher.publish(job.staging, job.type.recipe, described, job.upload)

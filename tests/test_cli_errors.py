@@ -189,6 +189,26 @@ def test_a_broken_output_fails_the_job_and_is_not_kept(tiny_model, tmp_path, out
     assert not out_dir.exists() or not any(out_dir.iterdir())
 
 
+def test_speed_only_keeps_the_broken_output_and_says_so(tiny_model, tmp_path, out_dir, capsys):
+    """A timing run on random weights: the same broken output is kept, with the refusal in its report and card."""
+    from tests.support.models import plant_unused_outliers
+
+    src = plant_unused_outliers(copy_model(tiny_model(), tmp_path / "outliers"))
+    argv = [str(src), "t", "--quant-type", "int8_weight_only", "--speed-only", "--json", "--no-tracking"]
+    code = main([*argv, "--save-only", "--output-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)["results"][0]
+    assert result["status"] == "ok" and result["verify"]["top1_agreement"] < 0.2
+    refusal = next(n for n in result["notes"] if n.startswith("speed-only: kept although"))
+    assert "picks the same next token" in refusal
+    card = (out_dir / "t" / "README.md").read_text()
+    assert "speed-only run: the quality checks were measured but not enforced" in card and refusal in card
+
+    assert main(argv) == 2  # a push is refused before any work: a failed output is never published
+    assert "use it with --save-only" in capsys.readouterr().err
+
+
 def test_real_command_line_exit_code_and_message(tmp_path):
     """The installed entry point, in its own process: exit code 2 and one line, no traceback."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
