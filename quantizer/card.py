@@ -14,7 +14,7 @@ from .compute import compute_dtype, configured_dtype, stored_dtype
 from .hardware import Hardware, describe_devices
 from .hub import repo_url
 from .int4 import method_description
-from .measured import BENCH_TABLES, bench_rows
+from .measured import BENCH_TABLES, LARGE_BENCH_TABLES, bench_rows
 from .plan import TypePlan
 from .recipes import Recipe
 from .report import RecipeResult, fmt, human_bytes
@@ -193,13 +193,16 @@ def timing_fields(info: SourceInfo, quant_type: str, v: VerifyResult, device: st
         slower=f"{speed:.2f}" if speed < 1 else None,
         compiled=compiled_figure(quant_type, device),
         bench_table=BENCH_TABLES.get(device),
+        compiled_large=compiled_figure(quant_type, device, large=True),
+        large_table=LARGE_BENCH_TABLES.get(device),
     )
 
 
-def compiled_figure(quant_type: str, device: str) -> dict | None:
-    """`make bench`'s committed compiled figures for this type on `device` (the bundled model), when measured:
-    the card quotes them, labelled as another model's, beside the code that runs that mode."""
-    rows = {r["name"]: r for r in bench_rows(device)}
+def compiled_figure(quant_type: str, device: str, large: bool = False) -> dict | None:
+    """`make bench`'s committed compiled figures for this type on `device` (the bundled model, or with `large` the
+    1.7B random one), when measured: the card quotes them, labelled as another model's, beside the code that runs
+    that mode."""
+    rows = {r["name"]: r for r in bench_rows(device, large)}
     row, source = rows.get(quant_type), rows.get("source")
     if not (row and source and row.get("compiled_tokens_per_second") and source.get("compiled_tokens_per_second")):
         return None

@@ -9,6 +9,8 @@ from .errors import InputError
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 BENCH_TABLES = {"cpu": "cpu-SmolLM2-135M-Instruct", "cuda": "cuda-SmolLM2-135M-offgrid"}  # `make bench`'s
+# `make bench` on a 1.7B model of SmolLM2's architecture with random weights: speed only, where weights dominate
+LARGE_BENCH_TABLES = {"cpu": "cpu-random-SmolLM2-1.7B"}
 
 
 def load(name: str) -> dict:
@@ -18,9 +20,10 @@ def load(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def bench_rows(device: str) -> list[dict]:
-    """`make bench`'s rows on `device` (the source's first); empty where none was committed."""
-    name = BENCH_TABLES.get(device)
+def bench_rows(device: str, large: bool = False) -> list[dict]:
+    """`make bench`'s rows on `device` (the source's first), on the bundled model or (`large`) the 1.7B random one;
+    empty where none was committed."""
+    name = (LARGE_BENCH_TABLES if large else BENCH_TABLES).get(device)
     return load(name)["rows"] if name and (RESULTS / f"{name}.json").is_file() else []
 
 
