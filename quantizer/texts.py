@@ -2,11 +2,11 @@
 
 A leaf module: verification, int4 calibration, the pipeline and the benchmarks all read it. All the
 built-in texts are real English that ships with Python and the packages requirements.txt pins
-(`SOURCES`): Python's pydoc topics (the language reference), the packages' descriptions (product and
-technical prose by many authors), their license texts (legal prose) and the ChatterBot dialog corpus
-(conversation). GPTQ calibrates on the descriptions, licenses and dialog mixed, and jobs are measured on
-the pydoc topics, a domain calibration never saw: a card's int4 figure is on held-out text, not on text
-like what the values were tuned on.
+(`SOURCES`): Python's pydoc topics (the language reference; Python 3.11.7's, shipped in `data/`), the
+packages' descriptions (product and technical prose by many authors), their license texts (legal prose)
+and the ChatterBot dialog corpus (conversation). GPTQ calibrates on the descriptions, licenses and
+dialog mixed, and jobs are measured on the pydoc topics, a domain calibration never saw: a card's int4
+figure is on held-out text, not on text like what the values were tuned on.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -35,8 +36,21 @@ CALIBRATION_SEQ_LEN = 256
 MIX_CHUNK = 2000  # characters each source gives in turn to a mixed text
 
 
+# Python 3.11.7's pydoc topics, every topic in name order (see data/README.md): each patch release of Python edits
+# them, so reading the running Python's copy made the committed figures depend on the interpreter's patch version
+PYDOC_TOPICS = Path(__file__).resolve().parent / "data" / "pydoc-topics-3.11.7.txt"
+PYDOC_TOPICS_SHA256 = "71f2ff5d99bdc1f9c48c5c2353ad138201c5ca1c377e0226857ef8fa89b8bcee"
+
+
 def pydoc_topics() -> str:
-    """Python's language reference as the standard library ships it for `help()`: the pydoc topics."""
+    """Python's language reference as the standard library ships it for `help()`: the pydoc topics, Python 3.11.7's
+    copy shipped with the project, so every machine measures on the same text."""
+    with open(PYDOC_TOPICS, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
+def stdlib_pydoc_topics() -> str:
+    """The running Python's own pydoc topics, joined the same way (what `PYDOC_TOPICS` was written from)."""
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key] for key in sorted(topics))
