@@ -89,7 +89,7 @@ class JobPlan:
     measures_source: bool  # the source is loaded whole once for its reference figures
     private: bool
     allow_partial: bool
-    speed_only: bool  # the quality floors are reported, not enforced (save-only timing runs on random weights)
+    speed_only: bool = False  # the quality floors reported, not enforced (save-only timing runs on random weights)
     compute: str  # the dtype forward passes run in, and why (`compute.reason`)
     upcast: float  # the source's bytes, times this, once upcast for computing
 
