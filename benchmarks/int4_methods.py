@@ -200,17 +200,23 @@ def write_results(args, name: str, text: str, machine: dict, linear_params: int,
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def held_out_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """The options every held-out benchmark takes; `name` is its results files' name."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--eval-tokens", type=int, default=8192)
+    domains = [EVAL_SOURCE, *(source for source in SOURCES if source != EVAL_SOURCE)]
+    parser.add_argument("--held-out", nargs="+", default=domains, choices=SOURCES)
+    parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where {name}.md and .json go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = held_out_parser(__doc__.splitlines()[0], "int4_methods")
     parser.add_argument("--methods", nargs="+", default=["rtn", "asym", "hqq", *ABLATIONS, "gptq"])
     parser.add_argument("--quant-type", default="int4_weight_only")
-    domains = [EVAL_SOURCE, *(name for name in SOURCES if name != EVAL_SOURCE)]
-    parser.add_argument("--held-out", nargs="+", default=domains, choices=SOURCES)
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True, help="tile-packed rows too")
-    parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_methods.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
     source = held_out_source(args.source)

@@ -12,17 +12,15 @@ as the budget counts them. Writes benchmarks/results/int4_mixed.{md,json}.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from benchmarks.int4_methods import PACKED, held_out_runs, held_out_source, measure, write_results
+from benchmarks.int4_methods import PACKED, held_out_parser, held_out_runs, held_out_source, measure, write_results
 from quantizer.compute import describe_flags, describe_machine
 from quantizer.console import quiet_libraries
 from quantizer.report import human_bytes
 from quantizer.tables import markdown_table
-from quantizer.texts import EVAL_SOURCE, SOURCES, mix_name
+from quantizer.texts import SOURCES, mix_name
 
-RESULTS = Path(__file__).resolve().parent / "results"
 INT8 = "int8_weight_only"
 SIZE_BAR = 0.70  # of int8's size
 EVERY_DOMAIN_PCT, MEAN_PCT = 10, 5  # the perplexity bar: on every held-out domain, and on average
@@ -132,14 +130,8 @@ def jobs(budgets: list[float], first: bool) -> list[tuple[str | None, str, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--group-size", type=int, default=32)
-    parser.add_argument("--eval-tokens", type=int, default=8192)
+    parser = held_out_parser(__doc__.splitlines()[0], "int4_mixed")
     parser.add_argument("--budgets", type=float, nargs="+", default=[5.5, 6.0])
-    domains = [EVAL_SOURCE, *(name for name in SOURCES if name != EVAL_SOURCE)]
-    parser.add_argument("--held-out", nargs="+", default=domains, choices=SOURCES)
-    parser.add_argument("--source", type=Path, help="another model folder (default: the off-grid SmolLM2-135M)")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="where int4_mixed.md and .json go")
     args = parser.parse_args(argv)
     quiet_libraries()
     source = held_out_source(args.source)
