@@ -140,7 +140,7 @@ class ShardWriter:
         self.path = Path(path)
         self.reserve = aligned_header_length(reserve)
         self.entries: dict[str, dict] = {}
-        self.held_back: list[tuple[str, str, list[int], torch.Tensor | bytes]] = []  # written last (see ALIGNMENT)
+        self.held_back: list[tuple[str, str, list[int], torch.Tensor | bytes, int]] = []  # last (see ALIGNMENT)
         self.offset = 0
         self.file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by the writer thread
         self.file.write(struct.pack("<Q", self.reserve) + b" " * self.reserve)
@@ -173,7 +173,7 @@ class ShardWriter:
         data = tensor.detach().contiguous().cpu()
         nbytes = data.numel() * data.element_size()
         if self._holds_back(nbytes):
-            self.held_back.append((name, NAMES[data.dtype], list(data.shape), data))
+            self.held_back.append((name, NAMES[data.dtype], list(data.shape), data, nbytes))
             return nbytes
         if nbytes:
             self.queue.put(data)
@@ -184,7 +184,7 @@ class ShardWriter:
         """Write bytes unchanged (a tensor that passes through); `done()` runs once they are written."""
         nbytes = len(view)
         if self._holds_back(nbytes):
-            self.held_back.append((name, dtype, shape, bytes(view)))
+            self.held_back.append((name, dtype, shape, bytes(view), nbytes))
             view.release()
             done()
             return nbytes
@@ -201,8 +201,7 @@ class ShardWriter:
         self.offset += nbytes
 
     def close(self, metadata: dict[str, str]) -> None:
-        for name, dtype, shape, data in self.held_back:
-            nbytes = len(data) if isinstance(data, bytes) else data.numel() * data.element_size()
+        for name, dtype, shape, data, nbytes in self.held_back:
             if nbytes:
                 self.queue.put(data)
             self._record(name, dtype, shape, nbytes)
